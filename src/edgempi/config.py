@@ -1,0 +1,82 @@
+"""Typed run configuration: YAML loading, validation with one-line messages, CLI overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from .errors import EdgempiError
+
+
+class ConfigError(EdgempiError):
+    """A configuration that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "vgg16"
+    in_channels: int = 1
+    num_classes: int = 6
+    seed: int = 0
+    data: str = "data/neu-synth.h5"
+    weights: str | None = None
+    batch_size: int = 1
+    limit: int | None = None
+    mean: float = 0.5
+    std: float = 0.25
+    threads: int = 1
+    strategy: str = "proportional"
+    fusion: str = "pool"
+    classifier_rank: int = 0
+    profile: str | None = None
+    warmup_batches: int = 1
+    calibration_repeats: int = 3
+
+
+_TYPES = {"int": int, "float": (int, float), "str": str, "str | None": (str, type(None)),
+          "int | None": (int, type(None))}
+_POSITIVE = ("in_channels", "num_classes", "batch_size", "threads", "calibration_repeats")
+
+
+def _check(config: Config) -> Config:
+    for f in fields(Config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
+            raise ConfigError(f"config '{f.name}' must be {f.type.replace(' | None', ' or null')}, "
+                              f"not {value!r}")
+    for name in _POSITIVE:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"config '{name}' must be at least 1, not {getattr(config, name)}")
+    if config.limit is not None and config.limit < 1:
+        raise ConfigError(f"config 'limit' must be at least 1, not {config.limit}")
+    if config.std <= 0:
+        raise ConfigError(f"config 'std' must be positive, not {config.std}")
+    if config.warmup_batches < 0:
+        raise ConfigError("config 'warmup_batches' must not be negative")
+    return config
+
+
+def load_config(path: str | Path | None, **overrides) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply non-None overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file '{path}' is not valid YAML{where}: "
+                              f"{getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of settings")
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _check(replace(Config(), **values))

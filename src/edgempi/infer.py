@@ -1,0 +1,96 @@
+"""Distributed inference: ``mpirun -np N python -m edgempi.infer --config F [options]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import h5py
+from mpi4py import MPI
+
+from .comm import JobError, collectively
+from .config import load_config
+from .data import atomic_path
+from .job import RankParser, prepare, run, summarize
+
+
+def parser(rank: int) -> RankParser:
+    p = RankParser(prog="python -m edgempi.infer", description=__doc__, rank=rank)
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--data", help="HDF5 file of images (python -m edgempi.data)")
+    p.add_argument("--weights", help="state_dict file; default: weights drawn from the config's seed")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=int, help="infer only the first N images")
+    p.add_argument("--strategy", help="row partition: equal | proportional")
+    p.add_argument("--fusion", help="fused blocks: pool | none | full")
+    p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
+    p.add_argument("--output", help="HDF5 with logits, predictions, indices")
+    p.add_argument("--report", help="JSON report")
+    return p
+
+
+def write_output(path: str, indices, logits) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("logits", data=logits)
+        f.create_dataset("predictions", data=logits.argmax(1))
+        f.create_dataset("indices", data=indices)
+
+
+def write_report(path: str, report: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_summary(report: dict, table: str) -> None:
+    lat = report["latency_s"]
+    accuracy = "n/a" if report["accuracy"] is None else f"{100 * report['accuracy']:.1f}%"
+    print(table)
+    print(f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
+          f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
+          f"{report['throughput_img_s']:.2f} img/s; accuracy {accuracy}")
+    print("rank  compute_ms  halo_ms  wait_ms  head_ms")
+    for r in report["ranks"]:
+        print(f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
+              f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}")
+
+
+def infer(comm, argv: list[str] | None) -> None:
+    """The whole job; collective over ``comm``."""
+    args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
+    config = collectively(comm, lambda: load_config(
+        args.config, data=args.data, weights=args.weights, batch_size=args.batch_size, limit=args.limit,
+        strategy=args.strategy, fusion=args.fusion, profile=args.profile))
+    job = prepare(comm, config)
+    count = min(job.data.count, config.limit or job.data.count)
+    results = run(comm, job, count)
+    if comm.rank != 0:
+        return
+    report = summarize(job, results, job.data.labels)
+    print_summary(report, job.plan.table([s.name for s in job.runtime.stages]))
+    if args.output:
+        write_output(args.output, results.indices, results.logits)
+    if args.report:
+        write_report(args.report, report)
+
+
+def main(argv: list[str] | None = None, comm=None) -> int:
+    """Run the job; bad input ends every rank with status 2 and one line from rank 0."""
+    comm = comm or MPI.COMM_WORLD
+    try:
+        infer(comm, argv)
+    except JobError as exc:
+        if comm.rank == 0:
+            print(f"edgempi: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code or 0
+    except BaseException:
+        traceback.print_exc()
+        print(f"edgempi: internal error on rank {comm.rank}: aborting the job", file=sys.stderr)
+        comm.Abort(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

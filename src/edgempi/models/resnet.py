@@ -1,0 +1,81 @@
+"""ResNet-18/34 with torchvision's module names (conv1, bn1, layerK.J.convI, downsample, fc)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet (basic blocks); with ``with_head=False`` no fc is allocated."""
+
+    head_prefixes = ("fc.",)
+
+    def __init__(self, layers: list[int], in_channels: int, num_classes: int, with_head: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        planes, stages = 64, []
+        for index, count in enumerate(layers):
+            out_planes = 64 * 2**index
+            stride = 1 if index == 0 else 2
+            blocks = [BasicBlock(planes, out_planes, stride)]
+            blocks += [BasicBlock(out_planes, out_planes) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*blocks))
+            planes = out_planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes) if with_head else None
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Generator) -> None:
+    """torchvision's initialisation, drawn from explicit generators (trunk and head apart)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=trunk_gen)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if model.fc is not None:
+        bound = 1 / model.fc.in_features**0.5
+        nn.init.uniform_(model.fc.weight, -bound, bound, generator=head_gen)
+        nn.init.uniform_(model.fc.bias, -bound, bound, generator=head_gen)
+
+
+def resnet(name: str, in_channels: int, num_classes: int, with_head: bool = True) -> ResNet:
+    return ResNet(LAYERS[name], in_channels, num_classes, with_head)

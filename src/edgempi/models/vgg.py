@@ -1,0 +1,77 @@
+"""VGG family with torchvision's module names (features.N, avgpool, classifier.N)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+
+
+def make_features(config: list, in_channels: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(item))
+        layers.append(nn.ReLU(inplace=True))
+        channels = item
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """torchvision's VGG; with ``with_head=False`` the classifier is never allocated."""
+
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, features: nn.Sequential, num_classes: int, with_head: bool = True):
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = None
+        if with_head:
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+                nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
+                nn.Linear(4096, num_classes),
+            )
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def init_vgg_(model: VGG, trunk_gen: torch.Generator, head_gen: torch.Generator) -> None:
+    """torchvision's initialisation, drawn from explicit generators (trunk and head apart)."""
+    for m in model.features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=trunk_gen)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if model.classifier is not None:
+        for m in model.classifier.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01, generator=head_gen)
+                nn.init.zeros_(m.bias)
+
+
+def vgg(name: str, in_channels: int, num_classes: int, with_head: bool = True) -> VGG:
+    base, batch_norm = (name[:-3], True) if name.endswith("_bn") else (name, False)
+    return VGG(make_features(CONFIGS[base], in_channels, batch_norm), num_classes, with_head)

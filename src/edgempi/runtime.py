@@ -1,0 +1,90 @@
+"""Running a ``Plan`` on one rank: compute its strip of each fused block, swap halos, gather."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .comm import HaloExchange, gather_rows
+from .geometry import is_empty
+from .planner import Plan
+from .stages import run_rows, stage_heights, trunk_stages
+
+
+@dataclass
+class Timings:
+    """Seconds this rank spent, summed over the batches it ran."""
+
+    compute_s: list[float]  # per block
+    halo_s: list[float]  # per block boundary (after block i)
+    wait_s: float = 0.0  # in the gather at the classifier
+    head_s: float = 0.0
+    batches: int = 0
+
+    @classmethod
+    def empty(cls, blocks: int) -> Timings:
+        return cls([0.0] * blocks, [0.0] * max(blocks - 1, 0))
+
+
+class Runtime:
+    """One rank's part of the distributed forward pass.
+
+    Every rank of ``comm`` builds it from the same plan and calls ``forward`` together;
+    only the classifier rank needs (and uses) the model's head.
+    """
+
+    def __init__(self, comm, model: nn.Module, plan: Plan):
+        if plan.world_size != comm.size:
+            raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
+        self.comm, self.model, self.plan = comm, model, plan
+        self.rank = comm.rank
+        self.stages = trunk_stages(model)
+        self.heights = stage_heights(self.stages, plan.height)
+        blocks = plan.blocks
+        self.exchanges = [HaloExchange(comm, before.rows, after.needs, tag=index)
+                          for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
+        self.timings = Timings.empty(len(blocks))
+
+    @property
+    def input_rows(self) -> tuple[int, int]:
+        """Image rows this rank reads for the first block (its strip plus halo)."""
+        return self.plan.blocks[0].needs[self.rank]
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.rank == self.plan.classifier_rank
+
+    def forward(self, x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Logits on the classifier rank (None elsewhere) from this rank's input rows ``x``.
+
+        Collective: every rank of ``comm`` calls it with the same ``batch``.
+        """
+        timings, blocks = self.timings, self.plan.blocks
+        out = None
+        for index, block in enumerate(blocks):
+            rows = block.rows[self.rank]
+            start = time.perf_counter()
+            out = None
+            if not is_empty(rows):
+                stages = self.stages[block.first:block.end]
+                out = run_rows(stages, self.heights[block.first:block.end + 1], x, block.needs[self.rank][0], rows)
+            timings.compute_s[index] += time.perf_counter() - start
+            if index < len(self.exchanges):
+                start = time.perf_counter()
+                x = self.exchanges[index].exchange(out, (batch, block.out_channels, block.out_width))
+                timings.halo_s[index] += time.perf_counter() - start
+        last = blocks[-1]
+        start = time.perf_counter()
+        features = gather_rows(self.comm, out, last.rows,
+                               (batch, last.out_channels, last.out_height, last.out_width), self.plan.classifier_rank)
+        timings.wait_s += time.perf_counter() - start
+        timings.batches += 1
+        if features is None:
+            return None
+        start = time.perf_counter()
+        logits = self.model.head(features)
+        timings.head_s += time.perf_counter() - start
+        return logits

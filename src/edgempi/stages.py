@@ -1,0 +1,180 @@
+"""A model's trunk as an ordered list of stages that run on a window of rows (no MPI).
+
+Every stage knows its row geometry and computes any range of its output rows from a
+tensor that holds (at least) the input rows that range needs, given the tensor's global
+row offset. Padding is added only where a window reaches past the true image border.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .geometry import Window, union
+
+Rows = tuple[int, int]
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _windows(layer: nn.Module) -> tuple[Window, Window]:
+    """(row window, column window) of a conv / pool layer; an identity is a 1x1 window."""
+    if isinstance(layer, nn.Identity):
+        return Window(), Window()
+    if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+        raise ValueError(f"{layer}: only integer zero padding can be partitioned")
+    kernel, stride, padding = (_pair(getattr(layer, a)) for a in ("kernel_size", "stride", "padding"))
+    dilation = _pair(getattr(layer, "dilation", 1))
+    ceil_mode = getattr(layer, "ceil_mode", False)
+    return tuple(Window(kernel[i], stride[i], padding[i], dilation[i], ceil_mode) for i in (0, 1))
+
+
+class LayerStage:
+    """One conv / max-pool / avg-pool (or identity) followed by pointwise modules (BN, ReLU)."""
+
+    def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
+        self.name, self.layer, self.post = name, layer, list(post)
+        self.boundary_after = boundary_after
+        self.rows, self.cols = _windows(layer)
+        self.pad_value = -math.inf if isinstance(layer, nn.MaxPool2d) else 0.0
+
+    def out_size(self, n_in: int) -> int:
+        return self.rows.out_size(n_in)
+
+    def out_width(self, width: int) -> int:
+        return self.cols.out_size(width)
+
+    def out_channels(self, channels: int) -> int:
+        return self.layer.out_channels if isinstance(self.layer, nn.Conv2d) else channels
+
+    def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
+        return self.rows.rows_needed(out_rows, n_in)
+
+    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows) -> torch.Tensor:
+        lo, hi = self.rows_needed(out_rows, n_in)
+        x = x[:, :, lo - x_lo:hi - x_lo]
+        top, bottom = self.rows.border_padding(out_rows, n_in)
+        if top or bottom:
+            x = F.pad(x, (0, 0, top, bottom), value=self.pad_value)
+        y = self._apply(x, out_rows, n_in)
+        for module in self.post:
+            y = module(y)
+        return y
+
+    def _apply(self, x: torch.Tensor, out_rows: Rows, n_in: int) -> torch.Tensor:
+        layer, r, c = self.layer, self.rows, self.cols
+        kernel, stride, dilation = (r.kernel, c.kernel), (r.stride, c.stride), (r.dilation, c.dilation)
+        if isinstance(layer, nn.Conv2d):
+            return F.conv2d(x, layer.weight, layer.bias, stride, (0, c.padding), dilation, layer.groups)
+        if isinstance(layer, nn.MaxPool2d):
+            return F.max_pool2d(x, kernel, stride, (0, c.padding), dilation, ceil_mode=r.ceil_mode)
+        if isinstance(layer, nn.AvgPool2d):
+            sums = F.avg_pool2d(x, kernel, stride, (0, c.padding), ceil_mode=r.ceil_mode, divisor_override=1)
+            count_padding = layer.count_include_pad
+            row_counts = r.window_counts(out_rows, n_in, count_padding)
+            col_counts = c.window_counts((0, sums.shape[-1]), x.shape[-1], count_padding)
+            counts = torch.outer(torch.tensor(row_counts, dtype=sums.dtype), torch.tensor(col_counts, dtype=sums.dtype))
+            return sums / counts
+        return layer(x)
+
+
+class ResidualStage:
+    """A torchvision BasicBlock: two 3x3 convs plus an identity or 1x1 downsample shortcut."""
+
+    def __init__(self, name: str, block: nn.Module, boundary_after: bool = False):
+        self.name, self.boundary_after = name, boundary_after
+        self.conv1 = LayerStage(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
+        self.conv2 = LayerStage(f"{name}.conv2", block.conv2, [block.bn2])
+        down = block.downsample
+        self.shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
+
+    def out_size(self, n_in: int) -> int:
+        return self.conv2.out_size(self.conv1.out_size(n_in))
+
+    def out_width(self, width: int) -> int:
+        return self.conv2.out_width(self.conv1.out_width(width))
+
+    def out_channels(self, channels: int) -> int:
+        return self.conv2.out_channels(channels)
+
+    def _mid_rows(self, out_rows: Rows, n_in: int) -> Rows:
+        return self.conv2.rows_needed(out_rows, self.conv1.out_size(n_in))
+
+    def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
+        main = self.conv1.rows_needed(self._mid_rows(out_rows, n_in), n_in)
+        return union(main, self.shortcut.rows_needed(out_rows, n_in))
+
+    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows) -> torch.Tensor:
+        mid_rows = self._mid_rows(out_rows, n_in)
+        mid = self.conv1.forward(x, x_lo, n_in, mid_rows)
+        out = self.conv2.forward(mid, mid_rows[0], self.conv1.out_size(n_in), out_rows)
+        return F.relu(out + self.shortcut.forward(x, x_lo, n_in, out_rows))
+
+
+Stage = LayerStage | ResidualStage
+
+
+def trunk_stages(model: nn.Module) -> list[Stage]:
+    """The model's trunk (everything before the head) as stages; pools and residual
+    layers end with ``boundary_after`` set (the natural fusion points)."""
+    from .models import VGG, ResNet
+
+    if isinstance(model, VGG):
+        stages: list[Stage] = []
+        for index, module in enumerate(model.features):
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                pool = not isinstance(module, nn.Conv2d)
+                stages.append(LayerStage(f"features.{index}", module, boundary_after=pool))
+            else:
+                stages[-1].post.append(module)
+        return stages
+    if isinstance(model, ResNet):
+        stages = [LayerStage("conv1", model.conv1, [model.bn1, model.relu]),
+                  LayerStage("maxpool", model.maxpool, boundary_after=True)]
+        for k in range(1, 5):
+            layer = getattr(model, f"layer{k}")
+            stages += [ResidualStage(f"layer{k}.{j}", block, boundary_after=j == len(layer) - 1)
+                       for j, block in enumerate(layer)]
+        return stages
+    raise TypeError(f"cannot partition a {type(model).__name__}")
+
+
+def stage_heights(stages: list[Stage], height: int) -> list[int]:
+    """Input height of every stage, then the trunk's output height (``len(stages) + 1`` values)."""
+    heights = [height]
+    for stage in stages:
+        heights.append(stage.out_size(heights[-1]))
+    return heights
+
+
+def output_shape(stages: list[Stage], channels: int, height: int, width: int) -> tuple[int, int, int]:
+    """``(channels, height, width)`` after a run of stages."""
+    for stage in stages:
+        channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
+    return channels, height, width
+
+
+def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[Rows]:
+    """Rows each stage of a run needs, given the rows its last stage must produce.
+
+    ``heights`` are the stages' input heights followed by the run's output height;
+    returns ``len(stages) + 1`` ranges, the run's input rows first.
+    """
+    ranges = [out_rows]
+    for stage, n_in in zip(reversed(stages), reversed(heights[:-1])):
+        ranges.append(stage.rows_needed(ranges[-1], n_in))
+    return ranges[::-1]
+
+
+def run_rows(stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int, out_rows: Rows) -> torch.Tensor:
+    """Compute the non-empty ``out_rows`` of a run of stages from ``x``, which holds rows ``x_lo...``."""
+    ranges = rows_through(stages, heights, out_rows)
+    for stage, n_in, rows in zip(stages, heights, ranges[1:]):
+        x = stage.forward(x, x_lo, n_in, rows)
+        x_lo = rows[0]
+    return x
