@@ -19,7 +19,7 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 export OMP_NUM_THREADS := 1
 export MPIEXEC MPIFLAGS
 
-.PHONY: install data run test test-serial test-mpi bench clean
+.PHONY: install data run check-hostfile test test-serial test-mpi bench clean
 
 install: $(VENV)/.installed
 

@@ -1,0 +1,41 @@
+"""Shared test helpers: realistic models (BatchNorm statistics from data) and references."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from edgempi.models import build_model
+
+
+def calibrate_batchnorm(model: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """Give BatchNorm layers the running statistics of ``sample`` (as after training), so that
+    activations stay O(1) like in a trained network instead of growing through the trunk."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = None
+        m.reset_running_stats()
+    if norms:
+        model.train()
+        with torch.no_grad():
+            model.trunk(sample)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def realistic_model(name: str, seed: int = 0, height: int = 64, width: int = 64) -> nn.Module:
+    model = build_model(name, in_channels=1, num_classes=6, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    return calibrate_batchnorm(model, torch.randn(4, 1, height, width, generator=generator))
+
+
+def images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_parity(distributed: torch.Tensor, reference: torch.Tensor) -> None:
+    """The project's exactness criterion for float32 logits."""
+    assert distributed.shape == reference.shape
+    torch.testing.assert_close(distributed, reference, rtol=1e-4, atol=1e-5)

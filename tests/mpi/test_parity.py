@@ -1,0 +1,122 @@
+"""Distributed logits equal one plain torch forward pass (run under mpirun with --with-mpi).
+
+Each test runs on a sub-communicator of 1..4 ranks carved out of the world, so a 4-rank
+run covers every size. All ranks then agree on the verdict, so a failure is seen by all.
+"""
+
+import pytest
+import torch
+from helpers import assert_parity, images, realistic_model
+from mpi4py import MPI
+
+from edgempi.comm import HaloExchange, JobError, collectively, gather_rows
+from edgempi.errors import EdgempiError
+from edgempi.geometry import is_empty
+from edgempi.partition import split_rows
+from edgempi.planner import make_plan
+from edgempi.runtime import Runtime
+from edgempi.stages import trunk_stages
+
+CASES = {  # weights for up to 4 ranks, batch, image rows x cols, fusion, classifier rank
+    "equal-batch1": ([1, 1, 1, 1], 1, (199, 173), "pool", 0),
+    "unequal-batch2": ([1, 4, 0.25, 2], 2, (199, 173), "pool", -1),
+    "thin-strips": ([1, 0.02, 0.02, 1], 1, (64, 48), "none", 0),
+    "idle-rank-full-fusion": ([1, 0, 1, 1], 2, (67, 61), "full", 0),
+}
+
+
+def on_ranks(size: int, work) -> None:
+    """Run ``work(comm)`` on the first ``size`` ranks; every world rank asserts the outcome."""
+    world = MPI.COMM_WORLD
+    if size > world.size:
+        pytest.skip(f"needs {size} ranks")
+    comm = world.Split(0 if world.rank < size else MPI.UNDEFINED, world.rank)
+    error = None
+    if comm != MPI.COMM_NULL:
+        try:
+            work(comm)
+        except AssertionError as exc:
+            error = f"rank {world.rank}: {exc}"
+        finally:
+            comm.Free()
+    errors = [e for e in world.allgather(error) if e]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+def test_distributed_logits_equal_plain_torch(name, size, case):
+    weights, batch, (height, width), fusion, classifier = CASES[case]
+    model = realistic_model(name)
+
+    def work(comm):
+        plan = make_plan(name, trunk_stages(model), (1, height, width), weights[:size],
+                         fusion=fusion, classifier_rank=classifier % size)
+        x = images(batch, height, width, seed=size)
+        rows = plan.blocks[0].needs[comm.rank]
+        runtime = Runtime(comm, model, plan)
+        with torch.inference_mode():
+            logits = runtime.forward(None if is_empty(rows) else x[:, :, rows[0]:rows[1]], batch)
+            if comm.rank == plan.classifier_rank:
+                assert_parity(logits, model(x))
+            else:
+                assert logits is None
+
+    on_ranks(size, work)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("seed", range(6))
+def test_halo_exchange_delivers_exactly_the_needed_rows(seed):
+    """Random owners and needs (thin, empty, far-away strips): every rank gets rows lo..hi."""
+    comm = MPI.COMM_WORLD
+    gen = torch.Generator().manual_seed(seed)
+    height = 3 + int(torch.randint(0, 12, (1,), generator=gen))
+    weights = (torch.rand(comm.size, generator=gen) * (torch.rand(comm.size, generator=gen) > 0.3)).tolist()
+    weights[seed % comm.size] += 0.1
+    owned = split_rows(height, weights)
+    needed = []
+    for _ in range(comm.size):
+        lo = int(torch.randint(0, height, (1,), generator=gen))
+        hi = lo + int(torch.randint(0, height - lo + 1, (1,), generator=gen))
+        needed.append((lo, hi) if hi > lo else (0, 0))
+    lo, hi = owned[comm.rank]
+    rows = torch.arange(lo, hi, dtype=torch.float32)
+    strip = None if hi == lo else rows.view(1, 1, -1, 1).expand(2, 3, -1, 4).contiguous()
+    got = HaloExchange(comm, owned, needed, tag=seed).exchange(strip, (2, 3, 4))
+    lo, hi = needed[comm.rank]
+    if hi == lo:
+        assert got is None
+    else:
+        expected = torch.arange(lo, hi, dtype=torch.float32).view(1, 1, -1, 1).expand(2, 3, -1, 4)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_gather_rows_reassembles_the_map_on_the_root():
+    comm = MPI.COMM_WORLD
+    owned = split_rows(7, [1.0, 0.0] + [1.0] * (comm.size - 2)) if comm.size > 2 else split_rows(7, [1.0, 2.0])
+    full = torch.arange(2 * 3 * 7 * 5, dtype=torch.float32).view(2, 3, 7, 5)
+    lo, hi = owned[comm.rank]
+    root = comm.size - 1
+    got = gather_rows(comm, None if hi == lo else full[:, :, lo:hi], owned, (2, 3, 7, 5), root)
+    if comm.rank == root:
+        assert torch.equal(got, full)
+    else:
+        assert got is None
+
+
+@pytest.mark.mpi(min_size=2)
+def test_collectively_stops_every_rank_with_the_first_message():
+    comm = MPI.COMM_WORLD
+
+    def step():
+        if comm.rank >= 1:
+            raise EdgempiError(f"bad input on rank {comm.rank}")
+        return "fine"
+
+    with pytest.raises(JobError, match="bad input on rank 1$"):
+        collectively(comm, step)
+    assert collectively(comm, lambda: comm.rank) == comm.rank

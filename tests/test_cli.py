@@ -1,0 +1,124 @@
+"""The infer CLI under mpirun: a good run matches plain torch; bad input fails cleanly."""
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import realistic_model
+
+from edgempi.data import ImageSet, synth, write_dataset
+from edgempi.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "OMPI_MCA_mpi_yield_when_idle": "1", "OMP_NUM_THREADS": "1"}
+
+
+def infer(np_: int, *args, timeout: int = 240) -> subprocess.CompletedProcess:
+    command = [MPIEXEC, "--oversubscribe", "-np", str(np_), sys.executable, "-m", "edgempi.infer", *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synth.h5"
+    synth(path, 5, seed=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(realistic_model("resnet18", seed=7).state_dict(), path)
+    return path
+
+
+def config_file(tmp_path, **settings):
+    path = tmp_path / "c.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in {"model": "resnet18", "warmup_batches": 1, **settings}.items()))
+    return path
+
+
+def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, checkpoint):
+    config = config_file(tmp_path, batch_size=2)
+    out, report, profile = tmp_path / "o.h5", tmp_path / "r.json", tmp_path / "p.json"
+    run = infer(3, "--config", config, "--data", synthetic, "--weights", checkpoint, "--output", out,
+                "--report", report, "--profile", profile)
+    assert run.returncode == 0, run.stderr
+    assert "plan: resnet18 200x200, 3 ranks" in run.stdout and "latency median" in run.stdout
+    model = build_model("resnet18", seed=0)
+    model.load_state_dict(torch.load(checkpoint))
+    data = ImageSet(synthetic, 1, 0.5, 0.25)
+    with torch.inference_mode():
+        expected = model(data.read(0, data.count, (0, data.height))).numpy()
+    with h5py.File(out) as f:
+        assert f["logits"].dtype == np.float32 and f["logits"].shape == (5, 6)
+        np.testing.assert_allclose(f["logits"][:], expected, rtol=1e-4, atol=1e-5)
+        assert np.array_equal(f["predictions"][:], expected.argmax(1))
+        assert np.array_equal(f["indices"][:], np.arange(5))
+    summary = json.loads(report.read_text())
+    assert summary["model"] == "resnet18" and summary["world_size"] == 3 and summary["images"] == 5
+    assert summary["accuracy"] == pytest.approx((expected.argmax(1) == data.labels).mean())
+    assert summary["latency_s"]["median"] > 0 and summary["latency_s"]["p90"] >= summary["latency_s"]["median"]
+    assert summary["throughput_img_s"] > 0 and len(summary["plan"]["blocks"]) == 5
+    assert [r["rank"] for r in summary["ranks"]] == [0, 1, 2]
+    assert all({"compute_s", "halo_s", "wait_s"} <= set(r) for r in summary["ranks"])
+    saved = json.loads(profile.read_text())
+    assert len(saved["compute_s"]) == 3
+    again = infer(3, "--config", config, "--data", synthetic, "--limit", 1, "--profile", profile,
+                  "--report", report)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(report.read_text())["profile"] == saved  # reused, not measured again
+
+
+def bad_data(tmp_path, kind):
+    path = tmp_path / f"{kind}.h5"
+    if kind == "corrupt":
+        path.write_bytes(b"\x89HDF\r\n" + os.urandom(2048))
+    elif kind == "float":
+        with h5py.File(path, "w") as f:
+            f["images"] = np.zeros((2, 1, 64, 64), np.float32)
+    elif kind == "rows":
+        write_dataset(path, np.zeros((2, 1, 2, 64), np.uint8), np.zeros(2))
+    return path
+
+
+@pytest.mark.parametrize("case,ranks,args,message", [
+    ("missing-hdf5", 2, lambda t, d: ["--data", t / "none.h5"], "data file .* does not exist"),
+    ("corrupt-hdf5", 2, lambda t, d: ["--data", bad_data(t, "corrupt")], "not a readable HDF5"),
+    ("wrong-dtype", 2, lambda t, d: ["--data", bad_data(t, "float")], "must be uint8"),
+    ("unknown-model", 2, lambda t, d: ["--config", config_file(t, model="alexnet"), "--data", d], "unknown model"),
+    ("bad-yaml", 2, lambda t, d: ["--config", (t / "b.yaml", (t / "b.yaml").write_text("a: [b"))[0]],
+     "not valid YAML"),
+    ("more-ranks-than-rows", 3, lambda t, d: ["--data", bad_data(t, "rows")], "3 ranks but the image has only 2 rows"),
+    ("missing-weights", 2, lambda t, d: ["--data", d, "--weights", t / "none.pt"], "weights file .* does not exist"),
+    ("bad-option", 2, lambda t, d: ["--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ranks, args, message):
+    out, report = tmp_path / "o.h5", tmp_path / "r.json"
+    run = infer(ranks, "--config", config_file(tmp_path), *args(tmp_path, synthetic), "--output", out,
+                "--report", report, timeout=120)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("edgempi:")]
+    assert len(errors) == 1, run.stderr
+    assert re.search(message, errors[0]), errors[0]
+    assert "Traceback" not in run.stderr
+    assert not out.exists() and not report.exists()
+
+
+def test_missing_hostfile_fails_fast():
+    run = subprocess.run(["make", "-s", "check-hostfile", "HOSTFILE=hostfiles/none"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "hostfile 'hostfiles/none' does not exist" in run.stderr
+    run = subprocess.run([MPIEXEC, "--hostfile", "hostfiles/none", "-np", "1", "true"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0

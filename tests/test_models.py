@@ -1,0 +1,72 @@
+"""Model zoo: torchvision's names and sizes, seeded weights, head-less ranks, checkpoints."""
+
+import pytest
+import torch
+
+from edgempi.models import MODEL_NAMES, ModelError, build_model, load_weights
+from edgempi.stages import stage_heights, trunk_stages
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,count", [
+    ("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16", 138_357_544),
+    ("resnet18", 11_689_512), ("resnet34", 21_797_672)])
+def test_parameter_counts_match_torchvision(name, count):
+    """torchvision's published counts at 3 channels and 1000 classes."""
+    assert n_params(build_model(name, in_channels=3, num_classes=1000)) == count
+
+
+def test_state_dict_keys_follow_torchvision():
+    vgg = build_model("vgg16").state_dict()
+    assert {"features.0.weight", "features.28.bias", "classifier.0.weight", "classifier.6.weight"} <= set(vgg)
+    assert vgg["classifier.6.weight"].shape == (6, 4096)
+    assert vgg["features.0.weight"].shape == (64, 1, 3, 3)
+    resnet = build_model("resnet34").state_dict()
+    assert {"conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+            "layer2.0.downsample.1.running_mean", "layer4.2.bn2.weight", "fc.weight", "fc.bias"} <= set(resnet)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet18"])
+def test_seeded_weights_are_identical_with_and_without_head(name):
+    full = build_model(name, seed=3).state_dict()
+    trunk = build_model(name, seed=3, with_head=False).state_dict()
+    other = build_model(name, seed=4).state_dict()
+    assert set(trunk) < set(full)
+    assert not any(k.startswith(("classifier.", "fc.")) for k in trunk)
+    assert all(torch.equal(trunk[k], full[k]) for k in trunk)
+    assert not all(torch.equal(other[k], full[k]) for k in trunk)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_trunk_stages_reproduce_the_trunk(name):
+    model = build_model(name, seed=1)
+    x = torch.randn(1, 1, 40, 36)
+    stages = trunk_stages(model)
+    heights = stage_heights(stages, 40)
+    with torch.inference_mode():
+        out = x
+        for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            out = stage.forward(out, 0, n_in, (0, n_out))
+        torch.testing.assert_close(out, model.trunk(x))
+
+
+def test_load_weights_round_trip_and_errors(tmp_path):
+    source = build_model("resnet18", seed=5)
+    path = tmp_path / "w.pt"
+    torch.save(source.state_dict(), path)
+    headless = build_model("resnet18", seed=0, with_head=False)
+    load_weights(headless, path)
+    assert torch.equal(headless.conv1.weight, source.conv1.weight)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_weights(headless, tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read"):
+        load_weights(headless, tmp_path / "bad.pt")
+    torch.save(build_model("resnet34").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ModelError):
+        load_weights(headless, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="unknown model"):
+        build_model("alexnet")
