@@ -22,6 +22,7 @@ def parser(rank: int) -> RankParser:
     p.add_argument("--weights", help="state_dict file; default: weights drawn from the config's seed")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--limit", type=int, help="infer only the first N images")
+    p.add_argument("--threads", type=int, help="torch threads per rank (default 1)")
     p.add_argument("--strategy", help="row partition: equal | proportional")
     p.add_argument("--fusion", help="fused blocks: pool | none | full")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
@@ -60,7 +61,7 @@ def infer(comm, argv: list[str] | None) -> None:
     args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
     config = collectively(comm, lambda: load_config(
         args.config, data=args.data, weights=args.weights, batch_size=args.batch_size, limit=args.limit,
-        strategy=args.strategy, fusion=args.fusion, profile=args.profile))
+        strategy=args.strategy, fusion=args.fusion, profile=args.profile, threads=args.threads))
     job = prepare(comm, config)
     count = min(job.data.count, config.limit or job.data.count)
     results = run(comm, job, count)

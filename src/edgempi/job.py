@@ -178,6 +178,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
         "accuracy": accuracy,
         "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
                       "mean": statistics.fmean(lat), "batches": len(lat)},
+        "latencies_s": results.latencies,
         "throughput_img_s": len(results.indices) / results.elapsed_s,
         "plan": job.plan.to_dict(),
         "profile": None if job.profile is None else asdict(job.profile),

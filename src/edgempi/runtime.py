@@ -39,7 +39,9 @@ class Runtime:
     def __init__(self, comm, model: nn.Module, plan: Plan):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
-        self.comm, self.model, self.plan = comm, model, plan
+        # oneDNN's convolutions run 1.3-1.4x faster in NHWC on one thread, and a row strip of
+        # an NHWC map is one contiguous slab per image.
+        self.comm, self.model, self.plan = comm, model.to(memory_format=torch.channels_last), plan
         self.rank = comm.rank
         self.stages = trunk_stages(model)
         self.heights = stage_heights(self.stages, plan.height)
@@ -69,6 +71,7 @@ class Runtime:
             start = time.perf_counter()
             out = None
             if not is_empty(rows):
+                x = x.contiguous(memory_format=torch.channels_last)
                 stages = self.stages[block.first:block.end]
                 out = run_rows(stages, self.heights[block.first:block.end + 1], x, block.needs[self.rank][0], rows)
             timings.compute_s[index] += time.perf_counter() - start

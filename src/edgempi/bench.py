@@ -1,0 +1,118 @@
+"""Single-image latency: one device (1 and 2 torch threads) against edgempi on ``-np`` ranks.
+
+``python -m edgempi.bench`` runs every measurement as its own process, interleaved over
+rounds so that drift on a noisy machine hits all of them alike, and prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .data import atomic_path, synth
+
+MODELS = ("vgg16", "resnet34")
+
+
+def single_device(model_name: str, data: str, threads: int, images: int) -> list[float]:
+    """Seconds per image of a plain torch forward (HDF5 read included), after one warm-up."""
+    import torch
+
+    from .config import load_config
+    from .data import ImageSet
+    from .models import build_model
+
+    torch.set_num_threads(threads)
+    config = load_config(None, model=model_name)
+    model = build_model(model_name, config.in_channels, config.num_classes, config.seed)
+    dataset = ImageSet(data, config.in_channels, config.mean, config.std)
+    times = []
+    with torch.inference_mode():
+        for index in range(images + 1):
+            start = time.perf_counter()
+            model(dataset.read(index % dataset.count, index % dataset.count + 1, (0, dataset.height))).argmax(1)
+            times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def _mpirun() -> list[str]:
+    mpiexec = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    return [mpiexec, "--oversubscribe"]
+
+
+def distributed(model_name: str, data: str, ranks: int, images: int) -> list[float]:
+    """Per-image latencies of ``edgempi.infer`` on ``ranks`` local ranks (one thread each)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        command = [*_mpirun(), "-np", str(ranks), sys.executable, "-m", "edgempi.infer",
+                   "--config", f"configs/{model_name}.yaml", "--data", data, "--limit", str(images),
+                   "--report", str(report)]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(report.read_text())["latencies_s"]
+
+
+def measure(data: str, ranks: int, images: int, rounds: int) -> dict:
+    results = {}
+    for model_name in MODELS:
+        runs = {"1 process, 1 thread": [], "1 process, 2 threads": [], f"-np {ranks}": []}
+        for _ in range(rounds):
+            runs["1 process, 1 thread"] += _child(model_name, data, 1, images)
+            runs["1 process, 2 threads"] += _child(model_name, data, 2, images)
+            runs[f"-np {ranks}"] += distributed(model_name, data, ranks, images)
+        results[model_name] = {name: statistics.median(times) for name, times in runs.items()}
+    return results
+
+
+def _child(model_name: str, data: str, threads: int, images: int) -> list[float]:
+    """``single_device`` in a fresh process, so each run starts alike."""
+    command = [sys.executable, "-m", "edgempi.bench", "--single", model_name, "--threads", str(threads),
+               "--images", str(images), "--data", data]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
+
+
+def table(results: dict, ranks: int) -> str:
+    lines = [f"| model | 1 process, 1 thread (ms) | 1 process, 2 threads (ms) | -np {ranks} (ms) "
+             f"| speedup vs 1 thread | speedup vs 2 threads |", "|---|---|---|---|---|---|"]
+    for model_name, r in results.items():
+        one, two, dist = r["1 process, 1 thread"], r["1 process, 2 threads"], r[f"-np {ranks}"]
+        lines.append(f"| {model_name} | {1e3 * one:.1f} | {1e3 * two:.1f} | {1e3 * dist:.1f} "
+                     f"| {one / dist:.2f}x | {two / dist:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgempi.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="data/bench.h5", help="made with synthetic images if missing")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--images", type=int, default=10, help="timed images per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each measurement")
+    parser.add_argument("--out", help="JSON file for the results")
+    parser.add_argument("--single", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.single:
+        print(json.dumps(single_device(args.single, args.data, args.threads, args.images)))
+        return 0
+    if not Path(args.data).exists():
+        synth(args.data, 12, seed=11)
+    results = measure(args.data, args.ranks, args.images, args.rounds)
+    print(f"median single-image latency at 200x200, {args.rounds} rounds x {args.images} images, "
+          f"{os.cpu_count()} cores")
+    print(table(results, args.ranks))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
