@@ -69,7 +69,7 @@ def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, che
     assert summary["model"] == "resnet18" and summary["world_size"] == 3 and summary["images"] == 5
     assert summary["accuracy"] == pytest.approx((expected.argmax(1) == data.labels).mean())
     assert summary["latency_s"]["median"] > 0 and summary["latency_s"]["p90"] >= summary["latency_s"]["median"]
-    assert summary["throughput_img_s"] > 0 and len(summary["plan"]["blocks"]) == 5
+    assert summary["throughput_img_s"] > 0 and len(summary["plan"]["blocks"]) == 9
     assert [r["rank"] for r in summary["ranks"]] == [0, 1, 2]
     assert all({"compute_s", "halo_s", "wait_s"} <= set(r) for r in summary["ranks"])
     saved = json.loads(profile.read_text())

@@ -40,13 +40,13 @@ def stages():
     return {name: trunk_stages(build_model(name, with_head=False)) for name in ("vgg16", "resnet34")}
 
 
-def test_pool_fusion_splits_at_pools_and_residual_layers(stages):
+def test_pool_fusion_splits_at_pools_and_residual_blocks(stages):
     vgg = stages["vgg16"]
     assert [vgg[end - 1].name for _, end in fuse(vgg, "pool")] == [
         "features.4", "features.9", "features.16", "features.23", "features.30"]
     resnet = stages["resnet34"]
-    assert [resnet[end - 1].name for _, end in fuse(resnet, "pool")] == [
-        "maxpool", "layer1.2", "layer2.3", "layer3.5", "layer4.2"]
+    assert [resnet[end - 1].name for _, end in fuse(resnet, "pool")] == ["maxpool"] + [
+        f"layer{k}.{j}" for k, blocks in zip(range(1, 5), (3, 4, 6, 3)) for j in range(blocks)]
     assert fuse(vgg, "full") == [(0, len(vgg))]
     assert len(fuse(vgg, "none")) == len(vgg)
 

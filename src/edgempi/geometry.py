@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EMPTY = (0, 0)
+Rows = tuple[int, int]
+EMPTY: Rows = (0, 0)
 
 
-def is_empty(rows: tuple[int, int]) -> bool:
+def is_empty(rows: Rows) -> bool:
     return rows[1] <= rows[0]
 
 
-def intersect(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+def intersect(a: Rows, b: Rows) -> Rows:
     lo, hi = max(a[0], b[0]), min(a[1], b[1])
     return (lo, hi) if lo < hi else EMPTY
 
 
-def union(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+def union(a: Rows, b: Rows) -> Rows:
     """Smallest range covering both (ranges that a stage needs always overlap or touch)."""
     if is_empty(a):
         return b
@@ -55,25 +56,25 @@ class Window:
             n_out -= 1
         return n_out
 
-    def span(self, out_rows: tuple[int, int]) -> tuple[int, int]:
+    def span(self, out_rows: Rows) -> Rows:
         """Input rows (unclipped: may reach into the padding) that ``out_rows`` read."""
         if is_empty(out_rows):
             return EMPTY
         lo, hi = out_rows
         return (lo * self.stride - self.padding, (hi - 1) * self.stride - self.padding + self.extent)
 
-    def rows_needed(self, out_rows: tuple[int, int], n_in: int) -> tuple[int, int]:
+    def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
         """Real input rows (clipped to the image) that ``out_rows`` read."""
         return intersect(self.span(out_rows), (0, n_in))
 
-    def border_padding(self, out_rows: tuple[int, int], n_in: int) -> tuple[int, int]:
+    def border_padding(self, out_rows: Rows, n_in: int) -> Rows:
         """Rows of true-border padding above and below the real rows ``out_rows`` read."""
         if is_empty(out_rows):
             return (0, 0)
         lo, hi = self.span(out_rows)
         return (max(0, -lo), max(0, hi - n_in))
 
-    def window_counts(self, out_rows: tuple[int, int], n_in: int, count_padding: bool) -> list[int]:
+    def window_counts(self, out_rows: Rows, n_in: int, count_padding: bool) -> list[int]:
         """Per output row, how many input rows an average pool divides by (PyTorch's rule)."""
         counts = []
         for i in range(*out_rows):

@@ -26,9 +26,6 @@ from .profile import Profile, measure
 from .runtime import Runtime, Timings
 from .stages import trunk_stages
 
-CALIBRATION_ROWS = 64
-
-
 class RankParser(argparse.ArgumentParser):
     """argparse that reports through ``EdgempiError`` and prints help on rank 0 only."""
 
@@ -61,8 +58,9 @@ def _model(config: Config, with_head: bool) -> torch.nn.Module:
     return model
 
 
-def _profile(comm, config: Config, model, image: tuple[int, int, int]) -> Profile | None:
-    """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured."""
+def _profile(comm, config: Config, model, image: tuple[int, int, int], features: tuple[int, int, int]) -> Profile | None:
+    """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
+    on the real model (the whole trunk on every rank, the head on the classifier rank)."""
     saved = None
     if comm.rank == 0 and config.profile and Path(config.profile).exists():
         saved = Profile.load(config.profile)
@@ -72,14 +70,19 @@ def _profile(comm, config: Config, model, image: tuple[int, int, int]) -> Profil
             saved = None
     if comm.bcast(saved is not None, root=0):
         return saved
-    channels, height, width = image
-    sample = torch.zeros(1, channels, min(height, CALIBRATION_ROWS), width)
+    sample, pooled = torch.zeros(1, *image), torch.zeros(1, *features)
 
-    def workload():
+    def trunk():
         with torch.inference_mode():
             model.trunk(sample)
 
-    profile = measure(comm, workload, f"{config.model} trunk on {tuple(sample.shape)}", config.calibration_repeats)
+    def head():
+        with torch.inference_mode():
+            model.head(pooled)
+
+    classifier = comm.rank == config.classifier_rank
+    profile = measure(comm, trunk, head if classifier else None, f"{config.model} on {tuple(sample.shape)}",
+                      config.calibration_repeats)
     if profile is not None and config.profile:
         profile.save(config.profile)
     return profile
@@ -93,12 +96,14 @@ def prepare(comm, config: Config) -> Job:
     model = collectively(comm, lambda: _model(config, with_head=comm.rank == config.classifier_rank))
     stages = trunk_stages(model)
 
-    def plan_with(speeds):
-        return make_plan(config.model, stages, image, speeds, config.strategy, config.fusion, config.classifier_rank)
+    def plan_with(speeds, head_share=0.0):
+        return make_plan(config.model, stages, image, speeds, config.strategy, config.fusion, config.classifier_rank,
+                         head_share)
 
-    collectively(comm, lambda: plan_with([1.0] * comm.size))  # fail fast, before profiling
-    profile = collectively(comm, lambda: _profile(comm, config, model, image))
-    plan = plan_with(profile.speeds).to_dict() if comm.rank == 0 else None
+    last = collectively(comm, lambda: plan_with([1.0] * comm.size)).blocks[-1]  # fail fast, before profiling
+    features = (last.out_channels, last.out_height, last.out_width)
+    profile = collectively(comm, lambda: _profile(comm, config, model, image, features))
+    plan = plan_with(profile.speeds, profile.head_share(config.classifier_rank)).to_dict() if comm.rank == 0 else None
     plan = Plan.from_dict(comm.bcast(plan, root=0))
     return Job(config, data, model, plan, profile, Runtime(comm, model, plan))
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .geometry import EMPTY
+from .geometry import EMPTY, Rows
 
-Rows = tuple[int, int]
 
 
 def split_rows(n: int, weights: Sequence[float]) -> list[Rows]:

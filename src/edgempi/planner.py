@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .errors import EdgempiError
+from .geometry import Rows
 from .partition import split_rows
-from .stages import Stage, output_shape, rows_through, stage_heights
+from .stages import Stage, output_shape, rows_through, stage_heights, stage_macs
 
 STRATEGIES = ("equal", "proportional")
 FUSIONS = ("pool", "none", "full")
 
-Rows = tuple[int, int]
 
 
 class PlanError(EdgempiError):
@@ -73,7 +73,7 @@ class Plan:
 
 
 def fuse(stages: Sequence[Stage], fusion: str) -> list[tuple[int, int]]:
-    """Block boundaries: ``pool`` ends a block at every pool / residual layer, ``none``
+    """Block boundaries: ``pool`` ends a block at every pool and residual block, ``none``
     after every stage, ``full`` fuses the whole trunk into one block."""
     if fusion == "full":
         return [(0, len(stages))]
@@ -90,8 +90,15 @@ def fuse(stages: Sequence[Stage], fusion: str) -> list[tuple[int, int]]:
 
 
 def make_plan(model: str, stages: Sequence[Stage], image: tuple[int, int, int], speeds: Sequence[float],
-              strategy: str = "proportional", fusion: str = "pool", classifier_rank: int = 0) -> Plan:
-    """Plan ``stages`` on an image of shape ``(channels, height, width)`` for ranks of the given speeds."""
+              strategy: str = "proportional", fusion: str = "pool", classifier_rank: int = 0,
+              head_share: float = 0.0) -> Plan:
+    """Plan ``stages`` on an image of shape ``(channels, height, width)`` for ranks of the given speeds.
+
+    ``head_share`` is the head's time over the trunk's on the classifier rank. The classifier
+    starts on the head with its own last strip while the others finish theirs, so under
+    ``proportional`` it takes a smaller share of the last block (earlier blocks end in a
+    halo exchange, which would only make it wait).
+    """
     channels, height, width = image
     world = len(speeds)
     if strategy not in STRATEGIES:
@@ -106,9 +113,15 @@ def make_plan(model: str, stages: Sequence[Stage], image: tuple[int, int, int], 
     except ValueError as exc:
         raise PlanError(f"a {height}x{width} image is too small for {model}: {exc}") from None
     weights = [1.0] * world if strategy == "equal" else [float(s) for s in speeds]
+    fused = fuse(stages, fusion)
+    macs = stage_macs(list(stages), channels, height, width)
+    last_share = sum(macs[fused[-1][0]:]) / sum(macs)
+    last_weights = list(weights)
+    if strategy == "proportional":
+        last_weights[classifier_rank] *= last_share / (last_share + head_share)
     blocks = []
-    for first, end in fuse(stages, fusion):
-        rows = split_rows(heights[end], weights)
+    for first, end in fused:
+        rows = split_rows(heights[end], last_weights if end == len(stages) else weights)
         needs = [rows_through(stages[first:end], heights[first:end + 1], r)[0] for r in rows]
         out_channels, _, out_width = output_shape(list(stages[:end]), channels, height, width)
         blocks.append(Block(first, end, heights[first], out_channels, heights[end], out_width, rows, needs))

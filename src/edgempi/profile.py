@@ -25,10 +25,12 @@ class ProfileError(EdgempiError):
 
 @dataclass
 class Profile:
-    """Per rank: host, seconds per calibration run, and the link to rank 0 (latency, bytes/s)."""
+    """Per rank: host, seconds per trunk calibration, and the link to rank 0 (latency, bytes/s);
+    plus the head's seconds on the classifier rank."""
 
     hosts: list[str]
     compute_s: list[float]
+    head_s: float
     latency_s: list[float]
     bandwidth_Bps: list[float | None]
     workload: str
@@ -39,8 +41,12 @@ class Profile:
 
     @property
     def speeds(self) -> list[float]:
-        """Relative speed of each rank (calibrations per second)."""
+        """Relative speed of each rank: trunk passes per second."""
         return [1.0 / t for t in self.compute_s]
+
+    def head_share(self, classifier_rank: int) -> float:
+        """The head's time over the trunk's on the classifier rank."""
+        return self.head_s / self.compute_s[classifier_rank]
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -85,14 +91,16 @@ def _ping_pong(comm, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
     return statistics.median(times)
 
 
-def measure(comm, workload: Callable[[], None], description: str, repeats: int = 3) -> Profile | None:
-    """Time ``workload`` on every rank and ping-pong every link to rank 0.
+def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, description: str,
+            repeats: int = 3) -> Profile | None:
+    """Time ``trunk`` on every rank and ``head`` on the one rank that passes it; ping-pong every
+    link to rank 0.
 
     Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
     """
     comm.Barrier()
-    compute = _time_compute(workload, repeats)
-    computes = comm.gather(compute, root=0)
+    computes = comm.gather(_time_compute(trunk, repeats), root=0)
+    head_s = comm.reduce(_time_compute(head, repeats) if head else 0.0, root=0)
     hosts = comm.gather(socket.gethostname(), root=0)
     latency, bandwidth = [0.0], [None]  # rank 0 to itself: no link
     for peer in range(1, comm.size):
@@ -107,4 +115,4 @@ def measure(comm, workload: Callable[[], None], description: str, repeats: int =
         comm.Barrier()
     if comm.rank != 0:
         return None
-    return Profile(hosts, computes, latency, bandwidth, description)
+    return Profile(hosts, computes, head_s, latency, bandwidth, description)

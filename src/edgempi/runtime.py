@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .comm import HaloExchange, gather_rows
-from .geometry import is_empty
+from .comm import HaloExchange, stream_to_root
+from .geometry import Rows, is_empty
+from .head import StreamingHead
 from .planner import Plan
 from .stages import run_rows, stage_heights, trunk_stages
 
@@ -48,10 +49,13 @@ class Runtime:
         blocks = plan.blocks
         self.exchanges = [HaloExchange(comm, before.rows, after.needs, tag=index)
                           for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
+        last = blocks[-1]
+        self.head = StreamingHead(model, last.out_channels, last.out_height, last.out_width) \
+            if self.is_classifier else None
         self.timings = Timings.empty(len(blocks))
 
     @property
-    def input_rows(self) -> tuple[int, int]:
+    def input_rows(self) -> Rows:
         """Image rows this rank reads for the first block (its strip plus halo)."""
         return self.plan.blocks[0].needs[self.rank]
 
@@ -80,14 +84,21 @@ class Runtime:
                 x = self.exchanges[index].exchange(out, (batch, block.out_channels, block.out_width))
                 timings.halo_s[index] += time.perf_counter() - start
         last = blocks[-1]
-        start = time.perf_counter()
-        features = gather_rows(self.comm, out, last.rows,
-                               (batch, last.out_channels, last.out_height, last.out_width), self.plan.classifier_rank)
-        timings.wait_s += time.perf_counter() - start
+        start, head_before = time.perf_counter(), timings.head_s
+        if self.head is not None:
+            self.head.start(batch)
+        stream_to_root(self.comm, out, last.rows, (batch, last.out_channels, last.out_width),
+                       self.plan.classifier_rank, self._feed_head)
+        logits = None
+        if self.head is not None:
+            tick = time.perf_counter()
+            logits = self.head.finish()
+            timings.head_s += time.perf_counter() - tick
+        timings.wait_s += time.perf_counter() - start - (timings.head_s - head_before)
         timings.batches += 1
-        if features is None:
-            return None
-        start = time.perf_counter()
-        logits = self.model.head(features)
-        timings.head_s += time.perf_counter() - start
         return logits
+
+    def _feed_head(self, rows: Rows, strip: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.head.add(rows, strip)
+        self.timings.head_s += time.perf_counter() - start

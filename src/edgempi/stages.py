@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import Window, union
+from .geometry import Rows, Window, union
 
-Rows = tuple[int, int]
 
 
 def _pair(value) -> tuple:
@@ -54,6 +53,13 @@ class LayerStage:
 
     def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
         return self.rows.rows_needed(out_rows, n_in)
+
+    def macs(self, channels: int, height: int, width: int) -> int:
+        """Multiply-accumulates (window reads, for a pool) for the whole output."""
+        per_output = self.rows.kernel * self.cols.kernel
+        if isinstance(self.layer, nn.Conv2d):
+            per_output *= channels // self.layer.groups
+        return self.out_size(height) * self.out_width(width) * self.out_channels(channels) * per_output
 
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows) -> torch.Tensor:
         lo, hi = self.rows_needed(out_rows, n_in)
@@ -102,6 +108,11 @@ class ResidualStage:
     def out_channels(self, channels: int) -> int:
         return self.conv2.out_channels(channels)
 
+    def macs(self, channels: int, height: int, width: int) -> int:
+        mid = (self.conv1.out_channels(channels), self.conv1.out_size(height), self.conv1.out_width(width))
+        return (self.conv1.macs(channels, height, width) + self.conv2.macs(*mid)
+                + self.shortcut.macs(channels, height, width))
+
     def _mid_rows(self, out_rows: Rows, n_in: int) -> Rows:
         return self.conv2.rows_needed(out_rows, self.conv1.out_size(n_in))
 
@@ -120,8 +131,9 @@ Stage = LayerStage | ResidualStage
 
 
 def trunk_stages(model: nn.Module) -> list[Stage]:
-    """The model's trunk (everything before the head) as stages; pools and residual
-    layers end with ``boundary_after`` set (the natural fusion points)."""
+    """The model's trunk (everything before the head) as stages; pools and residual blocks
+    have ``boundary_after`` set (the natural fusion points: a residual block's halo grows by
+    two rows per 3x3 conv, so fusing whole residual layers recomputes most of a late map)."""
     from .models import VGG, ResNet
 
     if isinstance(model, VGG):
@@ -138,8 +150,7 @@ def trunk_stages(model: nn.Module) -> list[Stage]:
                   LayerStage("maxpool", model.maxpool, boundary_after=True)]
         for k in range(1, 5):
             layer = getattr(model, f"layer{k}")
-            stages += [ResidualStage(f"layer{k}.{j}", block, boundary_after=j == len(layer) - 1)
-                       for j, block in enumerate(layer)]
+            stages += [ResidualStage(f"layer{k}.{j}", block, boundary_after=True) for j, block in enumerate(layer)]
         return stages
     raise TypeError(f"cannot partition a {type(model).__name__}")
 
@@ -157,6 +168,15 @@ def output_shape(stages: list[Stage], channels: int, height: int, width: int) ->
     for stage in stages:
         channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
     return channels, height, width
+
+
+def stage_macs(stages: list[Stage], channels: int, height: int, width: int) -> list[int]:
+    """Multiply-accumulates of each stage on a whole ``channels x height x width`` input."""
+    macs = []
+    for stage in stages:
+        macs.append(stage.macs(channels, height, width))
+        channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
+    return macs
 
 
 def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[Rows]:

@@ -9,7 +9,7 @@ import torch
 from helpers import assert_parity, images, realistic_model
 from mpi4py import MPI
 
-from edgempi.comm import HaloExchange, JobError, collectively, gather_rows
+from edgempi.comm import HaloExchange, JobError, collectively, stream_to_root
 from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
 from edgempi.partition import split_rows
@@ -95,17 +95,22 @@ def test_halo_exchange_delivers_exactly_the_needed_rows(seed):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_gather_rows_reassembles_the_map_on_the_root():
+def test_stream_to_root_hands_every_strip_to_the_root_once():
     comm = MPI.COMM_WORLD
     owned = split_rows(7, [1.0, 0.0] + [1.0] * (comm.size - 2)) if comm.size > 2 else split_rows(7, [1.0, 2.0])
     full = torch.arange(2 * 3 * 7 * 5, dtype=torch.float32).view(2, 3, 7, 5)
     lo, hi = owned[comm.rank]
     root = comm.size - 1
-    got = gather_rows(comm, None if hi == lo else full[:, :, lo:hi], owned, (2, 3, 7, 5), root)
+    got = []
+    strip = None if hi == lo else full[:, :, lo:hi].contiguous(memory_format=torch.channels_last)
+    stream_to_root(comm, strip, owned, (2, 3, 5), root, lambda rows, s: got.append((rows, s.clone())))
     if comm.rank == root:
-        assert torch.equal(got, full)
+        assert got[0][0] == owned[root]
+        assert sorted(rows for rows, _ in got) == sorted(r for r in owned if r[1] > r[0])
+        for (lo, hi), s in got:
+            assert torch.equal(s, full[:, :, lo:hi])
     else:
-        assert got is None
+        assert got == []
 
 
 @pytest.mark.mpi(min_size=2)

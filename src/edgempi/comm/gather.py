@@ -1,30 +1,36 @@
-"""Gathering the last block's strips on the classifier rank."""
+"""Bringing the last block's strips to the classifier rank, which uses each as it arrives."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
+
 import torch
+from mpi4py import MPI
 
-Rows = tuple[int, int]
+from ..geometry import Rows, is_empty
+from .buffers import as_buffer, nhwc_empty
+
+GATHER_TAG = 1 << 20
 
 
-def gather_rows(comm, strip: torch.Tensor | None, rows: list[Rows], shape: tuple[int, int, int, int],
-                root: int) -> torch.Tensor | None:
-    """Gatherv every rank's rows of a ``(batch, channels, height, width)`` map onto ``root``.
+def stream_to_root(comm, strip: torch.Tensor | None, rows: list[Rows], shape: tuple[int, int, int], root: int,
+                   consume: Callable[[Rows, torch.Tensor], None] | None) -> None:
+    """Send every rank's ``rows`` of a ``(batch, channels, width)`` map to ``root``.
 
-    Strips travel row-major, so rank order is row order. Collective: every rank of
-    ``comm`` calls it; returns the whole map on ``root`` and None elsewhere.
+    ``root`` calls ``consume(rows, strip)`` for its own strip first, then for each other
+    rank's strip in the order they arrive, so its work overlaps the slower ranks'.
+    Collective: every rank of ``comm`` calls it.
     """
-    batch, channels, height, width = shape
-    per_row = batch * channels * width
-    if strip is None:
-        send = np.empty(0, dtype=np.float32)
-    else:
-        send = strip.permute(2, 0, 1, 3).contiguous().numpy()
     if comm.rank != root:
-        comm.Gatherv(send, None, root=root)
-        return None
-    counts = [(hi - lo) * per_row for lo, hi in rows]
-    recv = np.empty((height, batch, channels, width), dtype=np.float32)
-    comm.Gatherv(send, (recv, counts), root=root)
-    return torch.from_numpy(recv).permute(1, 2, 0, 3)
+        if strip is not None:
+            comm.Send(as_buffer(strip.contiguous(memory_format=torch.channels_last)), dest=root, tag=GATHER_TAG)
+        return
+    batch, channels, width = shape
+    sources = [r for r in range(comm.size) if r != root and not is_empty(rows[r])]
+    buffers = [nhwc_empty(batch, channels, rows[r][1] - rows[r][0], width) for r in sources]
+    requests = [comm.Irecv(as_buffer(buf), source=r, tag=GATHER_TAG) for r, buf in zip(sources, buffers)]
+    if strip is not None:
+        consume(rows[root], strip)
+    for _ in requests:
+        index = MPI.Request.Waitany(requests)
+        consume(rows[sources[index]], buffers[index])

@@ -5,18 +5,9 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
-from ..geometry import intersect, is_empty
+from ..geometry import Rows, intersect, is_empty
+from .buffers import as_buffer, nhwc_empty
 
-Rows = tuple[int, int]
-
-
-def _nhwc_empty(batch: int, channels: int, rows: int, width: int) -> torch.Tensor:
-    return torch.empty((batch, channels, rows, width)).contiguous(memory_format=torch.channels_last)
-
-
-def _memory(buf: torch.Tensor):
-    """The NHWC buffer's memory as one contiguous array, for MPI."""
-    return buf.permute(0, 2, 3, 1).numpy()
 
 
 class HaloExchange:
@@ -41,8 +32,8 @@ class HaloExchange:
         """Send and receive buffers for a ``(batch, channels, width)`` shape, reused across calls."""
         if shape not in self._buffers:
             batch, channels, width = shape
-            make = [_nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.sends]
-            take = [_nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.recvs]
+            make = [nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.sends]
+            take = [nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.recvs]
             self._buffers[shape] = (make, take)
         return self._buffers[shape]
 
@@ -52,11 +43,11 @@ class HaloExchange:
         Collective over the ranks that share rows: every rank of ``comm`` calls it.
         """
         send_bufs, recv_bufs = self._buffers_for(shape)
-        requests = [self.comm.Irecv(_memory(buf), source=p, tag=self.tag)
+        requests = [self.comm.Irecv(as_buffer(buf), source=p, tag=self.tag)
                     for (p, _), buf in zip(self.recvs, recv_bufs)]
         for (p, (lo, hi)), buf in zip(self.sends, send_bufs):
             buf.copy_(strip[:, :, lo - self.owned[0]:hi - self.owned[0]])
-            requests.append(self.comm.Isend(_memory(buf), dest=p, tag=self.tag))
+            requests.append(self.comm.Isend(as_buffer(buf), dest=p, tag=self.tag))
         MPI.Request.Waitall(requests)
         if is_empty(self.needed):
             return None

@@ -62,6 +62,10 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
 
+    def head_parts(self) -> tuple[nn.AdaptiveAvgPool2d, nn.Linear, nn.Module]:
+        """The head as pool -> flatten -> first Linear -> the rest."""
+        return self.avgpool, self.fc, nn.Identity()
+
 
 def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Generator) -> None:
     """torchvision's initialisation, drawn from explicit generators (trunk and head apart)."""

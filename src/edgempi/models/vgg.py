@@ -55,6 +55,10 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
 
+    def head_parts(self) -> tuple[nn.AdaptiveAvgPool2d, nn.Linear, nn.Module]:
+        """The head as pool -> flatten -> first Linear -> the rest."""
+        return self.avgpool, self.classifier[0], self.classifier[1:]
+
 
 def init_vgg_(model: VGG, trunk_gen: torch.Generator, head_gen: torch.Generator) -> None:
     """torchvision's initialisation, drawn from explicit generators (trunk and head apart)."""
