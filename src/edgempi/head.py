@@ -1,9 +1,10 @@
 """The classifier head fed strip by strip (no MPI).
 
-A head is adaptive average pool -> flatten -> Linear -> rest. Pooled row ``i`` reads only
-feature rows ``floor(i*H/P) .. ceil((i+1)*H/P)``, so its share of the first Linear (the
-head's heavy, memory-bound part) can be added as soon as those rows are there, while
-other ranks are still computing theirs. The sum is the same Linear, in another order.
+A head is adaptive average pool -> flatten -> Linear -> rest. The pool is linear, so it folds
+into the first Linear: one weight column per feature value, ``W' = W . pool``. Each feature row
+then adds its own share to the output the moment it arrives, while other ranks still compute
+theirs; and when the pool enlarges the map (VGG's 6x6 -> 7x7 at 200x200) the folded weight is
+smaller, so the head's memory-bound product reads less. The sum is the same, in another order.
 """
 
 from __future__ import annotations
@@ -11,69 +12,46 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .geometry import Rows
 
 
-def pool_windows(height: int, pooled: int) -> list[Rows]:
-    """Feature rows under each output row of an adaptive average pool (PyTorch's rule)."""
-    return [(i * height // pooled, math.ceil((i + 1) * height / pooled)) for i in range(pooled)]
+def pool_matrix(size: int, pooled: int) -> torch.Tensor:
+    """``[pooled, size]``: row ``i`` averages the inputs under adaptive-pool window ``i`` (PyTorch's rule)."""
+    matrix = torch.zeros(pooled, size)
+    for i in range(pooled):
+        lo, hi = i * size // pooled, math.ceil((i + 1) * size / pooled)
+        matrix[i, lo:hi] = 1.0 / (hi - lo)
+    return matrix
 
 
 class StreamingHead:
-    """Accumulates the head's first Linear pooled row by pooled row; only the classifier rank builds it."""
+    """The head with the pool folded into its first Linear; only the classifier rank builds it."""
 
     def __init__(self, model: nn.Module, channels: int, height: int, width: int):
-        pool, self.linear, self.rest = model.head_parts()
-        self.pooled_rows, self.pooled_cols = _pair(pool.output_size, height, width)
-        self.windows = pool_windows(height, self.pooled_rows)
-        self.shape = (channels, height, width)
-        weight = self.linear.weight
-        if self.pooled_rows == 1:
-            self.weight = weight
-        else:  # columns reordered pooled-row-major, so a run of pooled rows is one column range
-            grid = weight.view(weight.shape[0], channels, self.pooled_rows, self.pooled_cols)
-            self.weight = grid.permute(0, 2, 1, 3).reshape(weight.shape[0], -1).contiguous()
-        self.row_columns = channels * self.pooled_cols
+        pool, linear, self.rest = model.head_parts()
+        rows, cols = pool.output_size if isinstance(pool.output_size, (tuple, list)) else (pool.output_size,) * 2
+        rows, cols = rows or height, cols or width
+        grid = linear.weight.detach().view(-1, channels, rows, cols)
+        folded = grid @ pool_matrix(width, cols)  # [out, C, pooled rows, W]
+        folded = torch.einsum("ocis,ir->orcs", folded, pool_matrix(height, rows))  # [out, H, C, W]
+        self.weight = folded.reshape(folded.shape[0], -1).contiguous()
+        self.bias = linear.bias.detach()
+        self.row_columns = channels * width  # columns per feature row: (channel, column) pairs
 
     def start(self, batch: int) -> None:
-        self.features = torch.empty((batch, *self.shape))
-        self.arrived = [False] * self.shape[1]
-        self.pending = list(range(self.pooled_rows))
-        self.total = self.linear.bias.expand(batch, -1).clone()
+        self.total = self.bias.expand(batch, -1).clone()
+        self.rows_added = 0
 
     def add(self, rows: Rows, strip: torch.Tensor) -> None:
-        """Take feature rows ``rows`` and add the share of every pooled row now complete."""
+        """Add the share of feature rows ``rows`` (``strip`` is ``[batch, C, rows, W]``)."""
         lo, hi = rows
-        self.features[:, :, lo:hi] = strip
-        self.arrived[lo:hi] = [True] * (hi - lo)
-        ready = [i for i in self.pending if all(self.arrived[slice(*self.windows[i])])]
-        for first, end in _runs(ready):
-            pooled = torch.cat([F.adaptive_avg_pool2d(self.features[:, :, slice(*self.windows[i])],
-                                                      (1, self.pooled_cols)) for i in range(first, end)], dim=2)
-            columns = self.weight[:, first * self.row_columns:end * self.row_columns]
-            self.total.addmm_(pooled.permute(0, 2, 1, 3).flatten(1), columns.t())
-        self.pending = [i for i in self.pending if i not in ready]
+        columns = self.weight[:, lo * self.row_columns:hi * self.row_columns]
+        self.total.addmm_(strip.permute(0, 2, 1, 3).reshape(strip.shape[0], -1), columns.t())
+        self.rows_added += hi - lo
 
     def finish(self) -> torch.Tensor:
-        """Logits, once every row has been added."""
-        assert not self.pending, "head finished before all feature rows arrived"
+        """Logits, once every feature row has been added."""
+        assert self.rows_added * self.row_columns == self.weight.shape[1], "head finished before all rows arrived"
         return self.rest(self.total)
-
-
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
-    """Maximal runs of consecutive sorted indices, as half-open ranges."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and runs[-1][1] == i:
-            runs[-1][1] = i + 1
-        else:
-            runs.append([i, i + 1])
-    return [tuple(r) for r in runs]
-
-
-def _pair(size, height: int, width: int) -> tuple[int, int]:
-    rows, cols = size if isinstance(size, (tuple, list)) else (size, size)
-    return rows or height, cols or width
