@@ -16,7 +16,7 @@ from .data import atomic_path
 from .errors import EdgempiError
 
 PING_BYTES, PING_REPEATS = 8, 20
-BULK_BYTES, BULK_REPEATS = 1 << 20, 3
+BULK_BYTES, BULK_REPEATS = 1 << 18, 3
 
 
 class ProfileError(EdgempiError):
@@ -25,14 +25,14 @@ class ProfileError(EdgempiError):
 
 @dataclass
 class Profile:
-    """Per rank: host, seconds per trunk calibration, and the link to rank 0 (latency, bytes/s);
-    plus the head's seconds on the classifier rank."""
+    """Per rank: host and seconds per trunk calibration; the head's seconds on the classifier
+    rank; per pair of ranks ``[i][j]``: one-way latency and bandwidth (bytes/s, None for i == j)."""
 
     hosts: list[str]
     compute_s: list[float]
     head_s: float
-    latency_s: list[float]
-    bandwidth_Bps: list[float | None]
+    latency_s: list[list[float]]
+    bandwidth_Bps: list[list[float | None]]
     workload: str
 
     @property
@@ -91,10 +91,22 @@ def _ping_pong(comm, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
     return statistics.median(times)
 
 
+def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:
+    """Every pair of ranks exactly once, in ``size - 1`` rounds (``size`` if odd) of disjoint
+    pairs, so that one round's ping-pongs run at the same time (the circle method)."""
+    ranks: list[int | None] = list(range(size)) + ([None] if size % 2 else [])
+    rounds = []
+    for _ in range(len(ranks) - 1):
+        pairs = zip(ranks[:len(ranks) // 2], reversed(ranks[len(ranks) // 2:]))
+        rounds.append([tuple(sorted(p)) for p in pairs if None not in p])
+        ranks = [ranks[0], ranks[-1], *ranks[1:-1]]
+    return rounds
+
+
 def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, description: str,
             repeats: int = 3) -> Profile | None:
     """Time ``trunk`` on every rank and ``head`` on the one rank that passes it; ping-pong every
-    link to rank 0.
+    pair of ranks (disjoint pairs at once).
 
     Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
     """
@@ -102,17 +114,24 @@ def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, de
     computes = comm.gather(_time_compute(trunk, repeats), root=0)
     head_s = comm.reduce(_time_compute(head, repeats) if head else 0.0, root=0)
     hosts = comm.gather(socket.gethostname(), root=0)
-    latency, bandwidth = [0.0], [None]  # rank 0 to itself: no link
-    for peer in range(1, comm.size):
-        if comm.rank in (0, peer):
-            other = peer if comm.rank == 0 else 0
-            lead = comm.rank == 0
-            small = _ping_pong(comm, other, PING_BYTES, PING_REPEATS, lead)
-            bulk = _ping_pong(comm, other, BULK_BYTES, BULK_REPEATS, lead)
-            if lead:
-                latency.append(small / 2)
-                bandwidth.append(2 * BULK_BYTES / max(bulk - small, 1e-9))
+    links = {}  # measured by the lower rank of each pair
+    for pairs in pairing_rounds(comm.size):
+        for low, high in pairs:
+            if comm.rank in (low, high):
+                lead = comm.rank == low
+                peer = high if lead else low
+                small = _ping_pong(comm, peer, PING_BYTES, PING_REPEATS, lead)
+                bulk = _ping_pong(comm, peer, BULK_BYTES, BULK_REPEATS, lead)
+                if lead:
+                    links[low, high] = (small / 2, 2 * BULK_BYTES / max(bulk - small, 1e-9))
         comm.Barrier()
+    gathered = comm.gather(links, root=0)
     if comm.rank != 0:
         return None
+    latency = [[0.0] * comm.size for _ in range(comm.size)]
+    bandwidth: list[list[float | None]] = [[None] * comm.size for _ in range(comm.size)]
+    for part in gathered:
+        for (low, high), (lat, bw) in part.items():
+            latency[low][high] = latency[high][low] = lat
+            bandwidth[low][high] = bandwidth[high][low] = bw
     return Profile(hosts, computes, head_s, latency, bandwidth, description)
