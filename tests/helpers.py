@@ -39,3 +39,16 @@ def assert_parity(distributed: torch.Tensor, reference: torch.Tensor) -> None:
     """The project's exactness criterion for float32 logits."""
     assert distributed.shape == reference.shape
     torch.testing.assert_close(distributed, reference, rtol=1e-4, atol=1e-5)
+
+
+def plan_for(name: str, model: nn.Module, image: tuple[int, int, int], speeds, strategy: str = "optimal",
+             fusion: str = "dp", classifier_rank: int = 0, batch: int = 1, **cluster):
+    """A plan for simulated ranks of the given relative speeds (zero speed: a rank that is
+    never worth using is modelled as a very slow one)."""
+    from edgempi.costmodel import Trunk, model_from_speeds
+    from edgempi.planner import make_plan
+    from edgempi.stages import trunk_stages
+
+    trunk = Trunk.from_stages(trunk_stages(model), image)
+    costs = model_from_speeds(trunk, [max(s, 1e-4) for s in speeds], **cluster)
+    return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch)

@@ -69,11 +69,13 @@ def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, che
     assert summary["model"] == "resnet18" and summary["world_size"] == 3 and summary["images"] == 5
     assert summary["accuracy"] == pytest.approx((expected.argmax(1) == data.labels).mean())
     assert summary["latency_s"]["median"] > 0 and summary["latency_s"]["p90"] >= summary["latency_s"]["median"]
-    assert summary["throughput_img_s"] > 0 and len(summary["plan"]["blocks"]) == 9
+    blocks = summary["plan"]["blocks"]
+    assert summary["throughput_img_s"] > 0 and summary["predicted_latency_s"] > 0
+    assert [b["first"] for b in blocks] == [0] + [b["end"] for b in blocks[:-1]] and blocks[-1]["end"] == 10
     assert [r["rank"] for r in summary["ranks"]] == [0, 1, 2]
-    assert all({"compute_s", "halo_s", "wait_s"} <= set(r) for r in summary["ranks"])
+    assert all({"compute_s", "halo_s", "wait_s", "predicted_compute_s_per_block"} <= set(r) for r in summary["ranks"])
     saved = json.loads(profile.read_text())
-    assert len(saved["compute_s"]) == 3
+    assert len(saved["stage_s"]) == 3
     again = infer(3, "--config", config, "--data", synthetic, "--limit", 1, "--profile", profile,
                   "--report", report)
     assert again.returncode == 0, again.stderr

@@ -1,13 +1,19 @@
-"""Row splits and plans (serial)."""
+"""Row splits, strategies, fusions and the dynamic program (serial)."""
 
+import itertools
+import math
+
+import numpy as np
 import pytest
-from hypothesis import given
+from helpers import plan_for
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgempi.costmodel import BlockCosts, Trunk, model_from_speeds
 from edgempi.geometry import intersect, is_empty
 from edgempi.models import build_model
-from edgempi.partition import split_rows
-from edgempi.planner import Plan, PlanError, fuse, make_plan
+from edgempi.partition import PARTITIONERS, Infeasible, split_rows
+from edgempi.planner import Plan, PlanError, Planner, make_plan, named_blocks
 from edgempi.stages import trunk_stages
 
 
@@ -35,57 +41,148 @@ def test_split_rows_examples():
     assert split_rows(7, [1, 0, 1]) == [(0, 4), (0, 0), (4, 7)]
 
 
-@pytest.fixture(scope="module")
-def stages():
-    return {name: trunk_stages(build_model(name, with_head=False)) for name in ("vgg16", "resnet34")}
+MODELS = {name: build_model(name, with_head=False) for name in ("vgg11", "resnet18", "vgg16", "resnet34")}
+TRUNKS = {name: Trunk.from_stages(trunk_stages(MODELS[name]), (1, 64, 48)) for name in ("vgg11", "resnet18")}
 
 
-def test_pool_fusion_splits_at_pools_and_residual_blocks(stages):
-    vgg = stages["vgg16"]
-    assert [vgg[end - 1].name for _, end in fuse(vgg, "pool")] == [
+@st.composite
+def clusters(draw, max_ranks=6):
+    ranks = draw(st.integers(1, max_ranks))
+    floats = lambda lo, hi: st.lists(st.floats(lo, hi), min_size=ranks, max_size=ranks)  # noqa: E731
+    memory = draw(st.one_of(st.none(), floats(2e5, 5e6)))
+    return dict(speeds=draw(floats(0.1, 3.0)), latency_s=draw(floats(1e-5, 1e-2)),
+                bandwidth_Bps=draw(floats(1e5, 1e9)), memory_bytes=memory,
+                head_bytes=draw(st.floats(0, 1e8)), head_rest_bytes=draw(st.floats(0, 1e7)),
+                classifier=draw(st.integers(0, ranks - 1)), min_rows=draw(st.integers(1, 3)))
+
+
+def block_costs(trunk, cluster, first, end):
+    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
+                              bandwidth_Bps=cluster["bandwidth_Bps"], memory_bytes=cluster["memory_bytes"],
+                              head_bytes=cluster["head_bytes"], head_rest_bytes=cluster["head_rest_bytes"])
+    return BlockCosts(trunk, costs, first, end, cluster["classifier"], 1, cluster["min_rows"])
+
+
+SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SLOW
+@given(cluster=clusters(), name=st.sampled_from(sorted(TRUNKS)), data=st.data())
+def test_every_strategy_gives_a_valid_partition_and_optimal_is_fastest(cluster, name, data):
+    trunk = TRUNKS[name]
+    end = data.draw(st.integers(1, trunk.depth))
+    first = data.draw(st.integers(0, end - 1))
+    block = block_costs(trunk, cluster, first, end)
+    spans = {}
+    for strategy, partition in PARTITIONERS.items():
+        try:
+            rows = partition(block)
+        except Infeasible:
+            continue
+        assert len(rows) == len(cluster["speeds"])
+        owned = [r for r in rows if not is_empty(r)]
+        assert [lo for lo, _ in owned] == [0] + [hi for _, hi in owned[:-1]], "contiguous, in rank order"
+        assert owned[-1][1] == block.rows
+        assert all(hi - lo >= cluster["min_rows"] for lo, hi in owned)
+        assert all(math.isfinite(block.cost(k, r)) for k, r in enumerate(rows)), "memory respected"
+        spans[strategy] = block.makespan(rows)
+    if "optimal" in spans:
+        assert spans["optimal"] <= min(spans.values()) * (1 + 1e-9), spans
+
+
+@SLOW
+@given(cluster=clusters(max_ranks=4), name=st.sampled_from(sorted(TRUNKS)))
+def test_dp_is_never_slower_than_a_fixed_fusion(cluster, name):
+    trunk = TRUNKS[name]
+    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
+                              bandwidth_Bps=cluster["bandwidth_Bps"], head_bytes=cluster["head_bytes"])
+    planner = Planner(trunk, costs, "optimal", cluster["classifier"])
+    best = planner.total(planner.best_fusion())
+    for fusion in ["none", "pool", "full"] + [f"fixed:{k}" for k in range(1, trunk.depth + 1)]:
+        assert best <= planner.total(named_blocks(trunk, fusion)) * (1 + 1e-12), fusion
+
+
+@pytest.mark.parametrize("strategy", ["optimal", "equal"])
+def test_dp_agrees_with_brute_force_over_all_boundary_sets(strategy):
+    trunk = Trunk.from_stages(trunk_stages(MODELS["vgg11"]), (1, 40, 40))
+    costs = model_from_speeds(trunk, [1.0, 0.5, 0.7], latency_s=[2e-3] * 3, bandwidth_Bps=[1e6] * 3,
+                              head_bytes=1e7, head_rest_bytes=1e6)
+    planner = Planner(trunk, costs, strategy, classifier_rank=1)
+    brute = min(planner.total(list(zip((0,) + cuts, cuts + (trunk.depth,))))
+                for k in range(trunk.depth) for cuts in itertools.combinations(range(1, trunk.depth), k))
+    assert planner.total(planner.best_fusion()) == pytest.approx(brute, rel=1e-12)
+
+
+def test_named_fusions():
+    vgg = Trunk.from_stages(trunk_stages(MODELS["vgg16"]), (1, 200, 200))
+    assert [vgg.names[end - 1] for _, end in named_blocks(vgg, "pool")] == [
         "features.4", "features.9", "features.16", "features.23", "features.30"]
-    resnet = stages["resnet34"]
-    assert [resnet[end - 1].name for _, end in fuse(resnet, "pool")] == ["maxpool"] + [
+    resnet = Trunk.from_stages(trunk_stages(MODELS["resnet34"]), (1, 200, 200))
+    assert [resnet.names[end - 1] for _, end in named_blocks(resnet, "pool")] == ["maxpool"] + [
         f"layer{k}.{j}" for k, blocks in zip(range(1, 5), (3, 4, 6, 3)) for j in range(blocks)]
-    assert fuse(vgg, "full") == [(0, len(vgg))]
-    assert len(fuse(vgg, "none")) == len(vgg)
+    assert named_blocks(vgg, "full") == [(0, vgg.depth)]
+    assert len(named_blocks(vgg, "none")) == vgg.depth
+    assert named_blocks(vgg, "fixed:3") == [(0, 6), (6, 12), (12, 18)]
+    with pytest.raises(PlanError, match="K must be"):
+        named_blocks(vgg, "fixed:0")
 
 
-@pytest.mark.parametrize("fusion", ["pool", "none", "full"])
-def test_plan_covers_every_row_and_round_trips(stages, fusion):
-    plan = make_plan("resnet34", stages["resnet34"], (1, 199, 173), [1.0, 3.0, 0.5], fusion=fusion)
+@pytest.mark.parametrize("fusion", ["dp", "pool", "none", "full", "fixed:4"])
+@pytest.mark.parametrize("strategy", sorted(PARTITIONERS))
+def test_plan_covers_every_row_and_round_trips(strategy, fusion):
+    plan = plan_for("resnet34", MODELS["resnet34"], (1, 199, 173), [1.0, 3.0, 0.5], strategy, fusion)
     for block in plan.blocks:
         owned = [r for r in block.rows if not is_empty(r)]
         assert sum(hi - lo for lo, hi in owned) == block.out_height
         for rows, need in zip(block.rows, block.needs):
             assert is_empty(rows) == is_empty(need)
             assert is_empty(need) or 0 <= need[0] < need[1] <= block.in_height
+    assert plan.predicted_latency_s == pytest.approx(sum(b.predicted_s for b in plan.blocks))
     assert Plan.from_dict(plan.to_dict()) == plan
 
 
-def test_thin_strips_take_halo_rows_from_beyond_the_neighbours(stages):
-    plan = make_plan("vgg16", stages["vgg16"], (1, 64, 48), [1.0, 0.02, 0.02, 1.0], fusion="none")
+def test_late_blocks_may_run_on_a_subset_of_ranks():
+    plan = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0] * 8, "optimal", "pool")
+    assert len(plan.blocks[0].ranks) == 8
+    assert len(plan.blocks[-1].ranks) < 8  # 6 rows cannot feed 8 ranks
+
+
+def test_slow_links_make_dp_fuse_more():
+    fast = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0] * 4, bandwidth_Bps=[1e10] * 4, latency_s=[1e-6] * 4)
+    slow = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0] * 4, bandwidth_Bps=[1e5] * 4, latency_s=[5e-2] * 4)
+    assert len(slow.blocks) < len(fast.blocks)
+
+
+def test_thin_strips_take_halo_rows_from_beyond_the_neighbours():
+    plan = plan_for("vgg16", MODELS["vgg16"], (1, 64, 48), [1.0, 0.02, 0.02, 1.0], "proportional", "none")
     far = [(r, p) for block, after in zip(plan.blocks, plan.blocks[1:])
            for r in range(4) for p in range(4)
            if abs(r - p) > 1 and not is_empty(intersect(block.rows[p], after.needs[r]))]
     assert far, "a thin strip should make some rank read rows of a non-neighbour"
 
 
-def test_plan_rejects_bad_clusters_and_images(stages):
+def test_plan_rejects_bad_clusters_and_images():
+    from edgempi.planner import trunk_geometry
+
+    stages = trunk_stages(MODELS["vgg16"])
     with pytest.raises(PlanError, match="5 ranks but the image has only 4 rows"):
-        make_plan("vgg16", stages["vgg16"], (1, 4, 200), [1.0] * 5)
+        trunk_geometry("vgg16", stages, (1, 4, 200), 5)
     with pytest.raises(PlanError, match="too small"):
-        make_plan("vgg16", stages["vgg16"], (1, 16, 200), [1.0])
+        trunk_geometry("vgg16", stages, (1, 16, 200), 1)
+    trunk = trunk_geometry("vgg16", stages, (1, 64, 64), 2)
+    costs = model_from_speeds(trunk, [1.0, 1.0])
     with pytest.raises(PlanError, match="unknown strategy"):
-        make_plan("vgg16", stages["vgg16"], (1, 64, 64), [1.0], strategy="magic")
+        make_plan("vgg16", trunk, costs, strategy="magic")
     with pytest.raises(PlanError, match="unknown fusion"):
-        make_plan("vgg16", stages["vgg16"], (1, 64, 64), [1.0], fusion="magic")
+        make_plan("vgg16", trunk, costs, fusion="magic")
     with pytest.raises(PlanError, match="classifier rank"):
-        make_plan("vgg16", stages["vgg16"], (1, 64, 64), [1.0, 1.0], classifier_rank=2)
+        make_plan("vgg16", trunk, costs, classifier_rank=2)
+    with pytest.raises(PlanError, match="no rank can hold"):
+        make_plan("vgg16", trunk, model_from_speeds(trunk, [1.0, 1.0], memory_bytes=[1e3, 1e3]), "equal", "pool")
 
 
-def test_equal_strategy_ignores_speeds(stages):
-    plan = make_plan("vgg16", stages["vgg16"], (1, 200, 200), [1.0, 9.0], strategy="equal")
-    assert plan.blocks[0].rows == [(0, 50), (50, 100)]
-    weighted = make_plan("vgg16", stages["vgg16"], (1, 200, 200), [1.0, 9.0])
-    assert weighted.blocks[0].rows == [(0, 10), (10, 100)]
+def test_equal_ignores_speeds_and_proportional_follows_them():
+    equal = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0, 9.0], "equal", "pool")
+    assert equal.blocks[0].rows == [(0, 50), (50, 100)]
+    weighted = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0, 9.0], "proportional", "pool")
+    assert weighted.blocks[0].rows[0][1] in range(8, 13)

@@ -16,19 +16,33 @@ def test_pairing_rounds_meet_every_pair_once_in_disjoint_rounds(size):
     assert len(rounds) <= size
 
 
-def test_profile_round_trip_and_weights(tmp_path):
-    profile = Profile(["a", "b"], [0.2, 0.1], 0.05, [[0.0, 1e-4], [1e-4, 0.0]], [[None, 1e8], [1e8, None]], "x")
+def sample_profile():
+    return Profile(hosts=["a", "b"], stage_rows=[[10, 5], [4, 2]],
+                   stage_s=[[[0.10, 0.05], [0.04, 0.02]], [[0.30, 0.15], [0.14, 0.07]]],
+                   head_row_s=0.002, head_rest_s=0.001, latency_s=[[0.0, 1e-4], [1e-4, 0.0]],
+                   bandwidth_Bps=[[None, 1e8], [1e8, None]], memory_bytes=[1e9, None], workload="x")
+
+
+def test_profile_round_trip_and_cost_model(tmp_path):
+    profile = sample_profile()
     profile.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json") == profile
-    assert profile.speeds == pytest.approx([5.0, 10.0])
-    assert profile.head_share(0) == pytest.approx(0.25)
+    assert profile.compute_s == pytest.approx([0.15, 0.45])
+    costs = profile.cost_model()
+    # rank 0, stage 0: 10 rows in 0.10 s, 4 rows in 0.04 s -> 0.01 s per row, nothing fixed
+    assert costs.stage_row_s[0, 0] == pytest.approx(0.01) and costs.stage_fixed_s[0, 0] == pytest.approx(0.0)
+    # rank 1, stage 0: 10 rows in 0.30 s, 4 rows in 0.14 s -> 0.0267 s per row + 0.0333 s per call
+    assert costs.stage_row_s[1, 0] == pytest.approx(0.16 / 6) and costs.stage_fixed_s[1, 0] == pytest.approx(0.30 - 1.6 / 6)
+    assert costs.bandwidth_Bps[0, 0] == float("inf") and costs.memory_bytes[1] == float("inf")
+    assert costs.speeds()[0] > costs.speeds()[1]
 
 
 def test_bad_profile_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ProfileError, match="not a saved edgempi profile"):
         Profile.load(tmp_path / "bad.json")
-    (tmp_path / "odd.json").write_text('{"hosts": ["a"], "compute_s": [1, 2], "head_s": 0, "latency_s": [[0]],'
-                                       ' "bandwidth_Bps": [[null]], "workload": "x"}')
+    odd = sample_profile()
+    odd.memory_bytes = [None]
+    odd.save(tmp_path / "odd.json")
     with pytest.raises(ProfileError, match="inconsistent"):
         Profile.load(tmp_path / "odd.json")

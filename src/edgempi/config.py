@@ -27,8 +27,9 @@ class Config:
     mean: float = 0.5
     std: float = 0.25
     threads: int = 1
-    strategy: str = "proportional"
-    fusion: str = "pool"
+    strategy: str = "optimal"
+    fusion: str = "dp"
+    min_rows: int = 1
     classifier_rank: int = 0
     profile: str | None = None
     warmup_batches: int = 1
@@ -37,7 +38,7 @@ class Config:
 
 _TYPES = {"int": int, "float": (int, float), "str": str, "str | None": (str, type(None)),
           "int | None": (int, type(None))}
-_POSITIVE = ("in_channels", "num_classes", "batch_size", "threads", "calibration_repeats")
+_POSITIVE = ("in_channels", "num_classes", "batch_size", "threads", "calibration_repeats", "min_rows")
 
 
 def _check(config: Config) -> Config:

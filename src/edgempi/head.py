@@ -10,6 +10,7 @@ smaller, so the head's memory-bound product reads less. The sum is the same, in 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ class StreamingHead:
         folded = torch.einsum("ocis,ir->orcs", folded, pool_matrix(height, rows))  # [out, H, C, W]
         self.weight = folded.reshape(folded.shape[0], -1).contiguous()
         self.bias = linear.bias.detach()
+        self.shape = (channels, height, width)
         self.row_columns = channels * width  # columns per feature row: (channel, column) pairs
 
     def start(self, batch: int) -> None:
@@ -55,3 +57,16 @@ class StreamingHead:
         """Logits, once every feature row has been added."""
         assert self.rows_added * self.row_columns == self.weight.shape[1], "head finished before all rows arrived"
         return self.rest(self.total)
+
+
+def time_streaming_head(head: StreamingHead, batch: int) -> tuple[float, float]:
+    """Seconds per feature row added, and for the rest of the head (one calibration pass)."""
+    channels, height, width = head.shape
+    features = torch.zeros(batch, channels, height, width)
+    with torch.inference_mode():
+        head.start(batch)
+        start = time.perf_counter()
+        head.add((0, height), features)
+        middle = time.perf_counter()
+        head.finish()
+        return (middle - start) / height, time.perf_counter() - middle

@@ -23,8 +23,8 @@ def parser(rank: int) -> RankParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--limit", type=int, help="infer only the first N images")
     p.add_argument("--threads", type=int, help="torch threads per rank (default 1)")
-    p.add_argument("--strategy", help="row partition: equal | proportional")
-    p.add_argument("--fusion", help="fused blocks: pool | none | full")
+    p.add_argument("--strategy", help="row partition: equal | proportional | auction | optimal (default)")
+    p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
     p.add_argument("--output", help="HDF5 with logits, predictions, indices")
     p.add_argument("--report", help="JSON report")
@@ -50,10 +50,13 @@ def print_summary(report: dict, table: str) -> None:
     print(f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
           f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
           f"{report['throughput_img_s']:.2f} img/s; accuracy {accuracy}")
-    print("rank  compute_ms  halo_ms  wait_ms  head_ms")
+    print(f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms")
+    print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
+        blocks = " ".join(f"{1e3 * m:.1f}/{1e3 * p:.1f}"
+                          for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"]))
         print(f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
-              f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}")
+              f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}")
 
 
 def infer(comm, argv: list[str] | None) -> None:

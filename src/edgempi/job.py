@@ -21,10 +21,12 @@ from .config import Config, ConfigError
 from .data import ImageSet
 from .geometry import is_empty
 from .models import build_model, load_weights
-from .planner import Plan, make_plan
+from .head import StreamingHead, time_streaming_head
+from .planner import Plan, make_plan, trunk_geometry
 from .profile import Profile, measure
-from .runtime import Runtime, Timings
-from .stages import trunk_stages
+from .runtime import Runtime, Timings, nhwc
+from .stages import stage_heights, time_stages, trunk_stages
+
 
 class RankParser(argparse.ArgumentParser):
     """argparse that reports through ``EdgempiError`` and prints help on rank 0 only."""
@@ -58,31 +60,40 @@ def _model(config: Config, with_head: bool) -> torch.nn.Module:
     return model
 
 
-def _profile(comm, config: Config, model, image: tuple[int, int, int], features: tuple[int, int, int]) -> Profile | None:
+def calibration_heights(stages, height: int) -> list[int]:
+    """The whole image and a shorter one (about a quarter) that still survives the trunk."""
+    for short in range(max(1, height // 4), height):
+        try:
+            stage_heights(stages, short)
+            return [height, short]
+        except ValueError:
+            continue
+    return [height, height]
+
+
+def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: StreamingHead | None) -> Profile | None:
     """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
-    on the real model (the whole trunk on every rank, the head on the classifier rank)."""
+    on the real model (every stage on every rank, the head on the classifier rank)."""
     saved = None
     if comm.rank == 0 and config.profile and Path(config.profile).exists():
         saved = Profile.load(config.profile)
-        if saved.world_size != comm.size:
-            print(f"profile '{config.profile}' is for {saved.world_size} ranks, not {comm.size}: measuring again",
-                  file=sys.stderr)
+        if saved.world_size != comm.size or len(saved.stage_rows[0]) != len(stages):
+            print(f"profile '{config.profile}' does not fit this job: measuring again", file=sys.stderr)
             saved = None
     if comm.bcast(saved is not None, root=0):
         return saved
-    sample, pooled = torch.zeros(1, *image), torch.zeros(1, *features)
+    channels, height, width = image
+    heights = calibration_heights(stages, height)
+    samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
 
-    def trunk():
-        with torch.inference_mode():
-            model.trunk(sample)
+    def calibrate():
+        return [time_stages(stages, sample) for sample in samples]
 
-    def head():
-        with torch.inference_mode():
-            model.head(pooled)
+    def time_head():
+        return time_streaming_head(head, config.batch_size)
 
-    classifier = comm.rank == config.classifier_rank
-    profile = measure(comm, trunk, head if classifier else None, f"{config.model} on {tuple(sample.shape)}",
-                      config.calibration_repeats)
+    profile = measure(comm, [stage_heights(stages, h)[1:] for h in heights], calibrate,
+                      time_head if head else None, f"{config.model} on {image}", config.calibration_repeats)
     if profile is not None and config.profile:
         profile.save(config.profile)
     return profile
@@ -93,19 +104,21 @@ def prepare(comm, config: Config) -> Job:
     torch.set_num_threads(config.threads)
     data = collectively(comm, lambda: ImageSet(config.data, config.in_channels, config.mean, config.std))
     image = (config.in_channels, data.height, data.width)
-    model = collectively(comm, lambda: _model(config, with_head=comm.rank == config.classifier_rank))
-    stages = trunk_stages(model)
+    classifier = comm.rank == config.classifier_rank
+    model = collectively(comm, lambda: _model(config, with_head=classifier))
+    stages = trunk_stages(nhwc(model))
+    trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
+    head = StreamingHead(model, *trunk.shapes[-1]) if classifier else None
+    profile = collectively(comm, lambda: _profile(comm, config, stages, image, head))
 
-    def plan_with(speeds, head_share=0.0):
-        return make_plan(config.model, stages, image, speeds, config.strategy, config.fusion, config.classifier_rank,
-                         head_share)
+    def plan():
+        if comm.rank != 0:
+            return None
+        return make_plan(config.model, trunk, profile.cost_model(), config.strategy, config.fusion,
+                         config.classifier_rank, config.batch_size, config.min_rows).to_dict()
 
-    last = collectively(comm, lambda: plan_with([1.0] * comm.size)).blocks[-1]  # fail fast, before profiling
-    features = (last.out_channels, last.out_height, last.out_width)
-    profile = collectively(comm, lambda: _profile(comm, config, model, image, features))
-    plan = plan_with(profile.speeds, profile.head_share(config.classifier_rank)).to_dict() if comm.rank == 0 else None
-    plan = Plan.from_dict(comm.bcast(plan, root=0))
-    return Job(config, data, model, plan, profile, Runtime(comm, model, plan))
+    plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
+    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head))
 
 
 @dataclass
@@ -168,13 +181,16 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
     accuracy = None if labels is None else float((predictions == labels[results.indices]).mean())
     lat = sorted(results.latencies)
     per_rank = []
+    blocks = job.plan.blocks
     for rank, t in enumerate(results.timings):
         batches = max(t["batches"], 1)
         per_rank.append({"rank": rank, "host": job.profile.hosts[rank] if job.profile else None,
                          "compute_s": sum(t["compute_s"]) / batches, "halo_s": sum(t["halo_s"]) / batches,
                          "wait_s": t["wait_s"] / batches, "head_s": t["head_s"] / batches,
                          "compute_s_per_block": [s / batches for s in t["compute_s"]],
-                         "halo_s_per_block": [s / batches for s in t["halo_s"]]})
+                         "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
+                         "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
+                         "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks]})
     return {
         "model": job.config.model,
         "world_size": job.plan.world_size,
@@ -184,6 +200,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
         "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
                       "mean": statistics.fmean(lat), "batches": len(lat)},
         "latencies_s": results.latencies,
+        "predicted_latency_s": job.plan.predicted_latency_s,
         "throughput_img_s": len(results.indices) / results.elapsed_s,
         "plan": job.plan.to_dict(),
         "profile": None if job.profile is None else asdict(job.profile),

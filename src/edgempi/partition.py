@@ -1,11 +1,20 @@
-"""Integer row partitions (pure: no torch, no MPI)."""
+"""Row partitions of one fused block: the field's strategies (pure: no torch, no MPI).
+
+Every strategy returns one contiguous row range per rank, in rank order, covering the
+block's output rows, and respects the cost model's limits (memory, minimum strip height): a
+rank it cannot use, or that would only slow the block down, gets no rows.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from .geometry import EMPTY, Rows
 
+STRATEGIES = ("equal", "proportional", "auction", "optimal")
 
 
 def split_rows(n: int, weights: Sequence[float]) -> list[Rows]:
@@ -19,8 +28,174 @@ def split_rows(n: int, weights: Sequence[float]) -> list[Rows]:
     by_remainder = sorted(range(len(weights)), key=lambda i: (counts[i] - quotas[i], i))
     for i in by_remainder[: n - sum(counts)]:
         counts[i] += 1
+    return layout(counts)
+
+
+def layout(counts: Sequence[int]) -> list[Rows]:
+    """Contiguous ranges in rank order for the given row counts."""
     ranges, start = [], 0
     for count in counts:
         ranges.append((start, start + count) if count else EMPTY)
         start += count
     return ranges
+
+
+def counts_of(rows: Sequence[Rows]) -> list[int]:
+    return [hi - lo for lo, hi in rows]
+
+
+class Infeasible(ValueError):
+    """No partition of this block fits the ranks' memory and minimum strip height."""
+
+
+def _by_weights(block, weights: list[float]) -> list[Rows]:
+    """Split by weights, dropping ranks whose strip does not fit until every strip does."""
+    weights = list(weights)
+    while sum(weights) > 0:
+        # at most one rank per minimum strip height: keep the heaviest
+        allowed = max(1, block.rows // block.min_rows)
+        for k in sorted(range(len(weights)), key=lambda k: (-weights[k], k))[allowed:]:
+            weights[k] = 0.0
+        rows = split_rows(block.rows, weights)
+        bad = [k for k, r in enumerate(rows) if math.isinf(block.cost(k, r))]
+        if not bad:
+            return rows
+        for k in bad:
+            weights[k] = 0.0
+    raise Infeasible(f"no rank can hold a strip of block {block.first}..{block.end}")
+
+
+def equal(block) -> list[Rows]:
+    """MoDNN / DeepThings: the same number of rows for every rank."""
+    return _by_weights(block, [1.0] * block.model.ranks)
+
+
+def _block_speeds(block) -> list[float]:
+    whole = block.fixed + block.by_hi[:, -1] - block.by_lo[:, 0]
+    return list(1.0 / whole)
+
+
+def proportional(block) -> list[Rows]:
+    """EdgeLD / EdgeDI: rows in proportion to measured speed, then one-row moves from the
+    slowest predicted rank to the one that would finish soonest while that helps."""
+    rows = _by_weights(block, _block_speeds(block))
+    best = block.makespan(rows)
+    for _ in range(block.rows):
+        counts = counts_of(rows)
+        times = [block.cost(k, r) for k, r in enumerate(rows)]
+        slow = max(range(len(counts)), key=lambda k: times[k])
+        if counts[slow] == 0:
+            break
+        grown = [_cost_grown(block, counts, k) for k in range(len(counts))]
+        fast = min((k for k in range(len(counts)) if k != slow), key=lambda k: grown[k], default=None)
+        if fast is None:
+            break
+        counts[slow] -= 1
+        counts[fast] += 1
+        candidate = layout(counts)
+        span = block.makespan(candidate)
+        if span >= best:
+            break
+        rows, best = candidate, span
+    return rows
+
+
+def _cost_grown(block, counts: list[int], k: int) -> float:
+    """Rank ``k``'s time with one more row than ``counts`` gives it, at its place in the layout."""
+    if counts[k] == block.rows:
+        return math.inf
+    lo = sum(counts[:k])
+    hi = lo + counts[k] + 1
+    return block.cost(k, (lo, hi) if hi <= block.rows else (lo - 1, hi - 1))
+
+
+def _cost_with(block, counts: list[int], k: int, extra: int) -> float:
+    trial = list(counts)
+    trial[k] += extra
+    return block.cost(k, layout(trial)[k])
+
+
+def auction(block, slices_per_rank: int = 4) -> list[Rows]:
+    """EdgeCI: slices of rows are auctioned one by one; every rank bids the time it would
+    finish if it won the slice (its halo included), and the lowest bid wins."""
+    ranks = block.model.ranks
+    size = max(1, block.rows // (slices_per_rank * ranks))
+    counts = [0] * ranks
+    while sum(counts) < block.rows:
+        grant = min(size, block.rows - sum(counts))
+        bids = [_cost_with(block, counts, k, grant) for k in range(ranks)]
+        winner = min(range(ranks), key=lambda k: (bids[k], k))
+        if math.isinf(bids[winner]):
+            raise Infeasible(f"no rank can take more rows of block {block.first}..{block.end}")
+        counts[winner] += grant
+    return layout(counts)
+
+
+def _greedy_fit(block, limit: float, forced: dict[int, int]) -> list[Rows] | None:
+    """In rank order, give each rank the most rows it can finish within ``limit`` (or exactly
+    ``forced[k]`` rows); None if the rows run out before the ranks do."""
+    rows, start = [], 0
+    for k in range(block.model.ranks):
+        if start == block.rows:
+            rows.append(EMPTY)
+            continue
+        if k in forced:
+            count = forced[k]
+            if count and (start + count > block.rows or block.costs(k, start)[count - 1] > limit):
+                return None
+        else:
+            count = block.most_rows(k, start, limit)
+        rows.append((start, start + count) if count else EMPTY)
+        start += count
+    return rows if start == block.rows else None
+
+
+def _fluid_bound(block) -> float:
+    """A lower bound on the block's time: rows split as a fluid over the ranks' per-row
+    costs, with no halo, fixed costs or limits."""
+    per_row = (block.by_hi[:, -1] - block.by_lo[:, 0]) / block.rows
+    return float(block.rows / np.sum(1.0 / per_row))
+
+
+def _bisect(block, upper: float, forced: dict[int, int], fallback: list[Rows]) -> tuple[float, list[Rows]]:
+    """The smallest time limit within which ``_greedy_fit`` covers the block (to 1e-4)."""
+    low, best = _fluid_bound(block), (upper, fallback)
+    while best[0] - low > 1e-4 * best[0]:
+        mid = (low + best[0]) / 2
+        rows = _greedy_fit(block, mid, forced)
+        if rows is None:
+            low = mid
+        else:
+            best = (max(block.cost(k, r) for k, r in enumerate(rows)), rows)
+    return best
+
+
+def optimal(block) -> list[Rows]:
+    """The partition minimising the block's predicted time: bisection on the slowest rank's
+    time, started from the best of the other strategies. Giving each rank in turn the most rows
+    it finishes in time is exact when strips may be one row high; with a larger minimum the
+    bisection may miss a fit, so the auction is tried too. In the last block it also tries
+    every share of the classifier rank, whose own rows shorten the head's tail."""
+    candidates = []
+    for strategy in (equal, proportional) + ((auction,) if block.min_rows > 1 else ()):
+        try:
+            candidates.append(strategy(block))
+        except Infeasible:
+            pass
+    if not candidates:
+        raise Infeasible(f"no partition of block {block.first}..{block.end} fits the ranks")
+    best = min(candidates, key=block.makespan)
+    shares = range(block.rows + 1) if block.last else [None]
+    for own in shares:
+        forced = {} if own is None else {block.classifier: own}
+        seed = _greedy_fit(block, math.inf, forced)
+        if seed is None:
+            continue
+        upper = min(max(block.cost(k, r) for k, r in enumerate(seed)), max(block.cost(k, r) for k, r in enumerate(best)))
+        rows = _bisect(block, upper, forced, seed)[1]
+        if block.makespan(rows) < block.makespan(best):
+            best = rows
+    return best
+
+
+PARTITIONERS = {"equal": equal, "proportional": proportional, "auction": auction, "optimal": optimal}

@@ -1,4 +1,5 @@
-"""Measuring the cluster: each rank's compute speed and each link's latency and bandwidth."""
+"""Measuring the cluster: each rank's time for every stage of the real model, the head's on the
+classifier rank, and every link's latency and bandwidth."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .costmodel import CostModel, fit_stage_costs
 from .data import atomic_path
 from .errors import EdgempiError
 
@@ -25,14 +27,23 @@ class ProfileError(EdgempiError):
 
 @dataclass
 class Profile:
-    """Per rank: host and seconds per trunk calibration; the head's seconds on the classifier
-    rank; per pair of ranks ``[i][j]``: one-way latency and bandwidth (bytes/s, None for i == j)."""
+    """What rank 0 measured.
+
+    ``stage_s[k][i][s]``: seconds rank ``k`` took for stage ``s`` computing ``stage_rows[i][s]``
+    output rows (calibration ``i`` = 0 on the whole image, 1 on a shorter one). On the
+    classifier: the head's seconds per feature row and for the rest. Per pair of ranks
+    ``[i][j]``: one-way latency and bandwidth (bytes/s, None for i == j). Per rank: memory
+    available after loading the model (None where unknown).
+    """
 
     hosts: list[str]
-    compute_s: list[float]
-    head_s: float
+    stage_rows: list[list[int]]
+    stage_s: list[list[list[float]]]
+    head_row_s: float
+    head_rest_s: float
     latency_s: list[list[float]]
     bandwidth_Bps: list[list[float | None]]
+    memory_bytes: list[float | None]
     workload: str
 
     @property
@@ -40,13 +51,16 @@ class Profile:
         return len(self.hosts)
 
     @property
-    def speeds(self) -> list[float]:
-        """Relative speed of each rank: trunk passes per second."""
-        return [1.0 / t for t in self.compute_s]
+    def compute_s(self) -> list[float]:
+        """Each rank's seconds for the whole trunk on the whole image."""
+        return [sum(seconds[0]) for seconds in self.stage_s]
 
-    def head_share(self, classifier_rank: int) -> float:
-        """The head's time over the trunk's on the classifier rank."""
-        return self.head_s / self.compute_s[classifier_rank]
+    def cost_model(self) -> CostModel:
+        fits = [fit_stage_costs(self.stage_rows, seconds) for seconds in self.stage_s]
+        bandwidth = np.array([[np.inf if b is None else b for b in row] for row in self.bandwidth_Bps], dtype=float)
+        memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
+        return CostModel(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]),
+                         np.array(self.latency_s, dtype=float), bandwidth, memory, self.head_row_s, self.head_rest_s)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -55,24 +69,30 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         try:
-            data = json.loads(Path(path).read_text())
-            profile = cls(**data)
+            profile = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ProfileError(f"profile '{path}' is not a saved edgempi profile ({exc})") from None
-        sizes = {len(v) for v in (profile.hosts, profile.compute_s, profile.latency_s, profile.bandwidth_Bps)}
-        if len(sizes) != 1 or min(profile.compute_s) <= 0:
+        ranks = profile.world_size
+        shapes = {len(profile.stage_s), len(profile.latency_s), len(profile.bandwidth_Bps), len(profile.memory_bytes)}
+        if shapes != {ranks} or any(len(s) != 2 or len(s[0]) != len(profile.stage_rows[0]) for s in profile.stage_s):
             raise ProfileError(f"profile '{path}' is inconsistent")
         return profile
 
 
-def _time_compute(workload: Callable[[], None], repeats: int) -> float:
-    workload()  # warm-up: allocator, kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        workload()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def available_memory() -> float | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _median_of(runs: list) -> list:
+    """Element-wise median of equally shaped nested lists of seconds."""
+    return np.median(np.array(runs, dtype=float), axis=0).tolist()
 
 
 def _ping_pong(comm, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
@@ -103,18 +123,9 @@ def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:
     return rounds
 
 
-def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, description: str,
-            repeats: int = 3) -> Profile | None:
-    """Time ``trunk`` on every rank and ``head`` on the one rank that passes it; ping-pong every
-    pair of ranks (disjoint pairs at once).
-
-    Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
-    """
-    comm.Barrier()
-    computes = comm.gather(_time_compute(trunk, repeats), root=0)
-    head_s = comm.reduce(_time_compute(head, repeats) if head else 0.0, root=0)
-    hosts = comm.gather(socket.gethostname(), root=0)
-    links = {}  # measured by the lower rank of each pair
+def _links(comm) -> dict[tuple[int, int], tuple[float, float]]:
+    """(latency, bandwidth) of the pairs this rank led; every rank takes part."""
+    links = {}
     for pairs in pairing_rounds(comm.size):
         for low, high in pairs:
             if comm.rank in (low, high):
@@ -125,7 +136,27 @@ def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, de
                 if lead:
                     links[low, high] = (small / 2, 2 * BULK_BYTES / max(bulk - small, 1e-9))
         comm.Barrier()
-    gathered = comm.gather(links, root=0)
+    return links
+
+
+def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
+            head: Callable[[], tuple[float, float]] | None, description: str, repeats: int = 3) -> Profile | None:
+    """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
+    and ``head`` (seconds per feature row, seconds for the rest) on the one rank that passes it;
+    ping-pong every pair of ranks, disjoint pairs at once.
+
+    Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
+    """
+    comm.Barrier()
+    calibrate()  # warm-up: allocator, kernel selection
+    stage_s = comm.gather(_median_of([calibrate() for _ in range(repeats)]), root=0)
+    if head:
+        head()
+    head_s = _median_of([head() for _ in range(repeats)]) if head else [0.0, 0.0]
+    head_s = comm.reduce(np.array(head_s), root=0)
+    hosts = comm.gather(socket.gethostname(), root=0)
+    memory = comm.gather(available_memory(), root=0)
+    gathered = comm.gather(_links(comm), root=0)
     if comm.rank != 0:
         return None
     latency = [[0.0] * comm.size for _ in range(comm.size)]
@@ -134,4 +165,5 @@ def measure(comm, trunk: Callable[[], None], head: Callable[[], None] | None, de
         for (low, high), (lat, bw) in part.items():
             latency[low][high] = latency[high][low] = lat
             bandwidth[low][high] = bandwidth[high][low] = bw
-    return Profile(hosts, computes, head_s, latency, bandwidth, description)
+    return Profile(hosts, stage_rows, stage_s, float(head_s[0]), float(head_s[1]), latency, bandwidth, memory,
+                   description)

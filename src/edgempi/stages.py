@@ -8,6 +8,7 @@ row offset. Padding is added only where a window reaches past the true image bor
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -177,6 +178,18 @@ def stage_macs(stages: list[Stage], channels: int, height: int, width: int) -> l
         macs.append(stage.macs(channels, height, width))
         channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
     return macs
+
+
+def time_stages(stages: list[Stage], x: torch.Tensor) -> list[float]:
+    """Seconds each stage takes on the whole of ``x`` (one calibration pass)."""
+    heights = stage_heights(stages, x.shape[2])
+    seconds = []
+    with torch.inference_mode():
+        for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            start = time.perf_counter()
+            x = stage.forward(x, 0, n_in, (0, n_out))
+            seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[Rows]:

@@ -12,24 +12,33 @@ from edgempi.profile import measure
 def test_measure_times_every_rank_and_every_link():
     comm = MPI.COMM_WORLD
     naps = [0.002 * (1 + r) for r in range(comm.size)]
-    head = (lambda: time.sleep(0.003)) if comm.rank == comm.size - 1 else None
-    profile = measure(comm, lambda: time.sleep(naps[comm.rank]), head, "naps", repeats=2)
+
+    def calibrate():
+        time.sleep(naps[comm.rank])
+        return [[naps[comm.rank], 0.001], [naps[comm.rank] / 2, 0.0005]]
+
+    head = (lambda: (0.003, 0.001)) if comm.rank == comm.size - 1 else None
+    profile = measure(comm, [[10, 5], [4, 2]], calibrate, head, "naps", repeats=2)
     verdict = None
     if comm.rank == 0:
         n = comm.size
         checks = {
-            "compute ordered like the naps": all(a < b for a, b in zip(profile.compute_s, profile.compute_s[1:])),
-            "compute at least the nap": all(t >= nap for t, nap in zip(profile.compute_s, naps)),
-            "head timed on its rank": profile.head_s >= 0.003,
+            "every rank's stage seconds": profile.stage_s == [calibrate_of(r, naps) for r in range(n)],
+            "head from its rank": (profile.head_row_s, profile.head_rest_s) == (0.003, 0.001),
             "latency symmetric, positive off the diagonal": all(
                 profile.latency_s[i][j] == profile.latency_s[j][i] and (i == j) == (profile.latency_s[i][j] == 0)
                 for i in range(n) for j in range(n)),
             "bandwidth for every pair": all((profile.bandwidth_Bps[i][j] is None) == (i == j)
                                             and (i == j or profile.bandwidth_Bps[i][j] > 0)
                                             for i in range(n) for j in range(n)),
+            "a cost model for every rank": profile.cost_model().ranks == n,
         }
         verdict = [name for name, ok in checks.items() if not ok]
     else:
         assert profile is None
     failed = comm.bcast(verdict, root=0)
     assert not failed, failed
+
+
+def calibrate_of(rank, naps):
+    return [[naps[rank], 0.001], [naps[rank] / 2, 0.0005]]

@@ -6,23 +6,24 @@ run covers every size. All ranks then agree on the verdict, so a failure is seen
 
 import pytest
 import torch
-from helpers import assert_parity, images, realistic_model
+from helpers import assert_parity, images, plan_for, realistic_model
 from mpi4py import MPI
 
 from edgempi.comm import HaloExchange, JobError, collectively, stream_to_root
 from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
 from edgempi.partition import split_rows
-from edgempi.planner import make_plan
 from edgempi.runtime import Runtime
-from edgempi.stages import trunk_stages
 
-CASES = {  # weights for up to 4 ranks, batch, image rows x cols, fusion, classifier rank
-    "equal-batch1": ([1, 1, 1, 1], 1, (199, 173), "pool", 0),
-    "unequal-batch2": ([1, 4, 0.25, 2], 2, (199, 173), "pool", -1),
-    "thin-strips": ([1, 0.02, 0.02, 1], 1, (64, 48), "none", 0),
-    "idle-rank-full-fusion": ([1, 0, 1, 1], 2, (67, 61), "full", 0),
+CASES = {  # speeds of up to 4 ranks, batch, image rows x cols, strategy, fusion, classifier rank
+    "equal-batch1": ([1, 1, 1, 1], 1, (199, 173), "equal", "pool", 0),
+    "unequal-batch2": ([1, 4, 0.25, 2], 2, (199, 173), "proportional", "pool", -1),
+    "default-planner": ([1, 4, 0.25, 2], 1, (199, 173), "optimal", "dp", 0),
+    "thin-strips": ([1, 0.02, 0.02, 1], 1, (64, 48), "proportional", "none", 0),
+    "idle-rank-full-fusion": ([1, 0, 1, 1], 2, (67, 61), "proportional", "full", 0),
 }
+STRATEGIES = ["equal", "proportional", "auction", "optimal"]
+FUSIONS = ["dp", "pool", "none", "full", "fixed:3"]
 
 
 def on_ranks(size: int, work) -> None:
@@ -48,12 +49,28 @@ def on_ranks(size: int, work) -> None:
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 @pytest.mark.parametrize("name", ["vgg16", "resnet34"])
 def test_distributed_logits_equal_plain_torch(name, size, case):
-    weights, batch, (height, width), fusion, classifier = CASES[case]
+    speeds, batch, (height, width), strategy, fusion, classifier = CASES[case]
+    check_parity(name, size, speeds, batch, (height, width), strategy, fusion, classifier)
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+def test_every_strategy_and_fusion_keeps_the_answer(name, size, strategy, fusion):
+    """On a slow-linked heterogeneous cluster, so that plans differ (idle ranks, odd blocks)."""
+    check_parity(name, size, [1, 0.3, 2, 0.6], 1, (64, 48), strategy, fusion, 0,
+                 bandwidth_Bps=[2e6, 1e6, 2e6, 5e5][:size], latency_s=[1e-3] * size)
+
+
+def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, **cluster):
+    height, width = shape
     model = realistic_model(name)
 
     def work(comm):
-        plan = make_plan(name, trunk_stages(model), (1, height, width), weights[:size],
-                         fusion=fusion, classifier_rank=classifier % size)
+        plan = plan_for(name, model, (1, height, width), speeds[:size], strategy, fusion,
+                        classifier % size, batch, **cluster)
         x = images(batch, height, width, seed=size)
         rows = plan.blocks[0].needs[comm.rank]
         runtime = Runtime(comm, model, plan)
