@@ -21,7 +21,7 @@ from .data import atomic_path, synth
 
 MODELS = ("vgg16", "resnet34")
 COLUMNS = ("1 process, 1 thread", "1 process, 2 threads", "1 process, 1 thread, NHWC", "1 process, 2 threads, NHWC",
-           "edgempi -np 2")
+           "edgempi -np 1", "edgempi -np 2")
 
 
 def single_device(model_name: str, data: str, threads: int, images: int, nhwc: bool) -> list[float]:
@@ -54,28 +54,35 @@ def _mpirun() -> list[str]:
     return [mpiexec, "--oversubscribe"]
 
 
-def distributed(model_name: str, data: str, ranks: int, images: int) -> list[float]:
-    """Per-image latencies of ``edgempi.infer`` on ``ranks`` local ranks (one thread each)."""
+def distributed(model_name: str, data: str, ranks: int, images: int) -> tuple[list[float], float]:
+    """Per-image latencies of ``edgempi.infer`` on ``ranks`` local ranks (one thread each),
+    and the latency its plan predicted."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         command = [*_mpirun(), "-np", str(ranks), sys.executable, "-m", "edgempi.infer",
                    "--config", f"configs/{model_name}.yaml", "--data", data, "--limit", str(images),
                    "--report", str(report)]
         subprocess.run(command, check=True, capture_output=True, text=True)
-        return json.loads(report.read_text())["latencies_s"]
+        result = json.loads(report.read_text())
+        return result["latencies_s"], result["predicted_latency_s"]
 
 
 def measure(data: str, images: int, rounds: int) -> dict:
     results = {}
     for model_name in MODELS:
         runs = {name: [] for name in COLUMNS}
+        predicted = {name: [] for name in COLUMNS[-2:]}
         for _ in range(rounds):
             for threads in (1, 2):
                 runs[f"1 process, {threads} thread{'s' * (threads > 1)}"] += _child(model_name, data, threads, images)
                 runs[f"1 process, {threads} thread{'s' * (threads > 1)}, NHWC"] += _child(
                     model_name, data, threads, images, nhwc=True)
-            runs["edgempi -np 2"] += distributed(model_name, data, 2, images)
+            for ranks in (1, 2):
+                latencies, prediction = distributed(model_name, data, ranks, images)
+                runs[f"edgempi -np {ranks}"] += latencies
+                predicted[f"edgempi -np {ranks}"].append(prediction)
         results[model_name] = {name: statistics.median(times) for name, times in runs.items()}
+        results[model_name]["predicted"] = {name: statistics.median(p) for name, p in predicted.items()}
     return results
 
 
@@ -89,7 +96,7 @@ def _child(model_name: str, data: str, threads: int, images: int, nhwc: bool = F
 
 def table(results: dict) -> str:
     """Markdown: median ms of every run, then edgempi's speedup over each single-device run."""
-    singles = COLUMNS[:-1]
+    singles = COLUMNS[:4]
     lines = ["| model | " + " | ".join(f"{c} (ms)" for c in COLUMNS) + " | "
              + " | ".join(f"speedup vs {c}" for c in singles) + " |",
              "|---" * (1 + len(COLUMNS) + len(singles)) + "|"]
@@ -97,6 +104,17 @@ def table(results: dict) -> str:
         dist = r[COLUMNS[-1]]
         lines.append(f"| {model_name} | " + " | ".join(f"{1e3 * r[c]:.1f}" for c in COLUMNS) + " | "
                      + " | ".join(f"{r[c] / dist:.2f}x" for c in singles) + " |")
+    return "\n".join(lines)
+
+
+def prediction_table(results: dict) -> str:
+    """Markdown: the plan's predicted latency against the measured median, per rank count."""
+    lines = ["| model | ranks | predicted (ms) | measured (ms) | error |", "|---|---|---|---|---|"]
+    for model_name, r in results.items():
+        for column, predicted in r["predicted"].items():
+            measured = r[column]
+            lines.append(f"| {model_name} | {column.split()[-1]} | {1e3 * predicted:.1f} | {1e3 * measured:.1f} "
+                         f"| {100 * (predicted - measured) / measured:+.1f}% |")
     return "\n".join(lines)
 
 
@@ -119,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median single-image latency at 200x200, {args.rounds} rounds x {args.images} images, "
           f"{os.cpu_count()} cores")
     print(table(results))
+    print()
+    print(prediction_table(results))
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")

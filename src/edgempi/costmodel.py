@@ -94,6 +94,13 @@ class CostModel:
             return 0.0
         return float(self.latency_s[src, dst] + nbytes / self.bandwidth_Bps[src, dst])
 
+    def subset(self, ranks: Sequence[int]) -> CostModel:
+        """The same devices and links, for the given ranks only."""
+        pick = np.asarray(ranks)
+        return CostModel(self.stage_fixed_s[pick], self.stage_row_s[pick], self.latency_s[np.ix_(pick, pick)],
+                         self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s,
+                         self.head_rest_s, self.weight_bytes, self.head_bytes)
+
     def speeds(self) -> list[float]:
         """Relative speed of each rank: inverse of its time for the whole trunk."""
         return list(1.0 / (self.stage_fixed_s + self.stage_row_s).sum(axis=1))

@@ -70,3 +70,10 @@ def time_streaming_head(head: StreamingHead, batch: int) -> tuple[float, float]:
         middle = time.perf_counter()
         head.finish()
         return (middle - start) / height, time.perf_counter() - middle
+
+
+def head_weight_bytes(model: nn.Module, channels: int, height: int, width: int) -> tuple[int, int]:
+    """Bytes the streaming head reads per image: the folded first Linear, and the rest."""
+    _, linear, rest = model.head_parts()
+    rest_bytes = sum(p.numel() * p.element_size() for p in rest.parameters())
+    return linear.out_features * channels * height * width * linear.weight.element_size(), rest_bytes

@@ -1,0 +1,84 @@
+"""Cluster files (``clusters/*.yaml``): simulated devices for the planner (pure: no MPI).
+
+Each device has a relative ``speed`` (1.0 = the reference device), ``memory_mb``, and the
+``bandwidth_mbit`` and ``latency_ms`` of its network link; ``count`` repeats an entry. The
+reference device does ``macs_per_s`` multiply-accumulates per second in convolutions,
+``call_s`` seconds of fixed cost per stage call, and streams ``memory_Bps`` bytes per second
+(the head is memory bound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .costmodel import CostModel, Trunk, model_from_speeds
+from .errors import EdgempiError
+
+DEVICE_KEYS = {"name", "count", "speed", "memory_mb", "bandwidth_mbit", "latency_ms"}
+CLUSTER_KEYS = {"devices", "macs_per_s", "call_s", "memory_Bps"}
+
+
+class ClusterError(EdgempiError):
+    """A cluster file that cannot be used."""
+
+
+@dataclass
+class Device:
+    name: str
+    speed: float = 1.0
+    memory_mb: float = 3800.0
+    bandwidth_mbit: float = 94.0
+    latency_ms: float = 0.15
+
+
+@dataclass
+class Cluster:
+    devices: list[Device]
+    macs_per_s: float = 2e9
+    call_s: float = 2e-4
+    memory_Bps: float = 4e9
+
+    @property
+    def speeds(self) -> list[float]:
+        return [d.speed for d in self.devices]
+
+    def cost_model(self, trunk: Trunk, weight_bytes: float, head_bytes: float, head_rest_bytes: float) -> CostModel:
+        """Per-device costs from MACs; a device's link latency is half of each round trip."""
+        return model_from_speeds(
+            trunk, self.speeds, self.macs_per_s, self.call_s,
+            latency_s=[d.latency_ms / 1e3 / 2 for d in self.devices],
+            bandwidth_Bps=[d.bandwidth_mbit * 1e6 / 8 for d in self.devices],
+            memory_bytes=[d.memory_mb * 2**20 for d in self.devices],
+            head_bytes=head_bytes, head_rest_bytes=head_rest_bytes, memory_Bps=self.memory_Bps,
+            weight_bytes=weight_bytes)
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    path = Path(path)
+    if not path.is_file():
+        raise ClusterError(f"cluster file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ClusterError(f"cluster file '{path}' is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list) or not data["devices"]:
+        raise ClusterError(f"cluster file '{path}' needs a non-empty 'devices' list")
+    unknown = set(data) - CLUSTER_KEYS
+    if unknown:
+        raise ClusterError(f"cluster file '{path}': unknown setting '{sorted(unknown)[0]}'")
+    devices = []
+    for index, entry in enumerate(data["devices"]):
+        if not isinstance(entry, dict) or set(entry) - DEVICE_KEYS:
+            raise ClusterError(f"cluster file '{path}': device {index} must be a mapping of {sorted(DEVICE_KEYS)}")
+        entry = dict(entry)
+        count = entry.pop("count", 1)
+        name = str(entry.pop("name", f"device{index}"))
+        values = {k: float(v) for k, v in entry.items()}
+        if any(v <= 0 for v in values.values()) or not isinstance(count, int) or count < 1:
+            raise ClusterError(f"cluster file '{path}': device '{name}' needs positive numbers")
+        devices += [Device(name if count == 1 else f"{name}{i + 1}", **values) for i in range(count)]
+    settings = {k: float(data[k]) for k in CLUSTER_KEYS - {"devices"} if k in data}
+    return Cluster(devices, **settings)

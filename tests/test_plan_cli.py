@@ -1,0 +1,56 @@
+"""python -m edgempi.plan and cluster files."""
+
+import json
+
+import pytest
+
+from edgempi.cluster import ClusterError, load_cluster
+from edgempi.plan import main
+from edgempi.profile import Profile
+
+
+def test_cluster_files_load(tmp_path):
+    farm = load_cluster("clusters/pi-farm-64.yaml")
+    assert len(farm.devices) == 64 and farm.devices[0].name == "pi5-1" and farm.devices[-1].speed == 0.35
+    assert load_cluster("clusters/pi4-hetero.yaml").speeds == [1.0, 0.75, 0.5, 0.5]
+    for text, message in [("devices: []", "non-empty"), ("devices: [{speed: -1}]", "positive"),
+                          ("devices: [{sped: 1}]", "mapping"), ("speed: 1\ndevices: [{}]", "unknown setting")]:
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ClusterError, match=message):
+            load_cluster(tmp_path / "c.yaml")
+
+
+def test_plan_from_a_cluster_with_comparison(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/pi4-hetero.yaml", "--compare",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "<- best" in printed
+    result = json.loads(out.read_text())
+    assert result["plan"]["strategy"] == "optimal" and result["plan"]["fusion"] == "dp"
+    assert result["bound"] == pytest.approx(2.75)
+    assert len(result["compare"]) == 4 * 5
+    best = min(r["predicted_latency_s"] for r in result["compare"])
+    default = next(r for r in result["compare"] if (r["strategy"], r["fusion"]) == ("optimal", "dp"))
+    assert default["predicted_latency_s"] == pytest.approx(best)
+    assert 1 < result["single_device_s"] / result["plan"]["predicted_latency_s"] <= result["bound"]
+
+
+def test_plan_from_a_saved_profile(tmp_path, capsys):
+    # resnet18 at 64x64: 10 stages; a measured-looking profile of two equal ranks
+    stage_rows = [[32, 16, 16, 16, 8, 8, 4, 4, 2, 2], [8, 4, 4, 4, 2, 2, 1, 1, 1, 1]]
+    seconds = [[r * 1e-4 for r in stage_rows[0]], [r * 1e-4 + 1e-5 for r in stage_rows[1]]]
+    profile = Profile(["a", "b"], stage_rows, [seconds, seconds], 1e-4, 1e-5, [[0, 1e-5], [1e-5, 0]],
+                      [[None, 1e9], [1e9, None]], [None, None], "test")
+    profile.save(tmp_path / "p.json")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: resnet18\n")
+    assert main(["--config", str(config), "--profile", str(tmp_path / "p.json"), "--image", "64x64"]) == 0
+    assert "resnet18 64x64 on 2 devices" in capsys.readouterr().out
+
+
+def test_plan_errors_are_one_line(capsys):
+    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/none.yaml"]) == 2
+    assert capsys.readouterr().err.startswith("edgempi: error: cluster file")
+    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/pi4-hetero.yaml", "--image", "3x200"]) == 2
+    assert "a 3x200 image is too small for vgg16" in capsys.readouterr().err
