@@ -4,7 +4,8 @@ Each device has a relative ``speed`` (1.0 = the reference device), ``memory_mb``
 ``bandwidth_mbit`` and ``latency_ms`` of its network link; ``count`` repeats an entry. The
 reference device does ``macs_per_s`` multiply-accumulates per second in convolutions,
 ``call_s`` seconds of fixed cost per stage call, and streams ``memory_Bps`` bytes per second
-(the head is memory bound).
+(the head is memory bound). ``core_per_speed`` is what a speed-1.0 device gets of this
+machine's cores when the cluster is emulated (``python -m edgempi.emulate``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .costmodel import CostModel, Trunk, model_from_speeds
 from .errors import EdgempiError
 
 DEVICE_KEYS = {"name", "count", "speed", "memory_mb", "bandwidth_mbit", "latency_ms"}
-CLUSTER_KEYS = {"devices", "macs_per_s", "call_s", "memory_Bps"}
+CLUSTER_KEYS = {"devices", "macs_per_s", "call_s", "memory_Bps", "core_per_speed"}
 
 
 class ClusterError(EdgempiError):
@@ -40,6 +41,7 @@ class Cluster:
     macs_per_s: float = 2e9
     call_s: float = 2e-4
     memory_Bps: float = 4e9
+    core_per_speed: float = 0.6  # emulation: CPU cores a speed-1.0 device gets
 
     @property
     def speeds(self) -> list[float]:

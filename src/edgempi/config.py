@@ -30,6 +30,7 @@ class Config:
     strategy: str = "optimal"
     fusion: str = "dp"
     min_rows: int = 1
+    poll_us: int = 0  # 0: MPI's own (spinning) waits; else test and sleep this long between tests
     classifier_rank: int = 0
     profile: str | None = None
     warmup_batches: int = 1
@@ -54,6 +55,8 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config 'limit' must be at least 1, not {config.limit}")
     if config.std <= 0:
         raise ConfigError(f"config 'std' must be positive, not {config.std}")
+    if config.poll_us < 0:
+        raise ConfigError("config 'poll_us' must not be negative")
     if config.warmup_batches < 0:
         raise ConfigError("config 'warmup_batches' must not be negative")
     return config

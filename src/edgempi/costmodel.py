@@ -133,14 +133,18 @@ class BlockCosts:
         self.in_row_bytes = trunk.row_bytes(first, batch)
         self.out_row_bytes = trunk.row_bytes(end, batch)
         self._costs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._neighbour_links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _links_in(self, step: int, rows: np.ndarray, row_bytes: int) -> np.ndarray:
         """Every rank's seconds to receive ``rows`` (per strip end) from rank ``k + step``."""
-        ranks = np.arange(self.model.ranks)
-        src = np.clip(ranks + step, 0, self.model.ranks - 1)
-        lat = np.where(src != ranks, self.model.latency_s[src, ranks], 0.0)[:, None]
-        bw = self.model.bandwidth_Bps[src, ranks][:, None]
-        return np.where((rows > 0) & (src != ranks)[:, None], lat + rows * row_bytes / bw, 0.0)
+        if step not in self._neighbour_links:
+            ranks = np.arange(self.model.ranks)
+            src = np.clip(ranks + step, 0, self.model.ranks - 1)
+            real = (src != ranks)[:, None]
+            lat = np.where(real[:, 0], self.model.latency_s[src, ranks], 0.0)[:, None]
+            self._neighbour_links[step] = (real, lat, self.model.bandwidth_Bps[src, ranks][:, None])
+        real, lat, bw = self._neighbour_links[step]
+        return np.where((rows > 0) & real, lat + rows * row_bytes / bw, 0.0)
 
     def parts(self, lo: int) -> dict[str, np.ndarray]:
         """Every rank's predicted seconds for strips ``lo..hi``, ``hi = lo+1..rows``, by kind:

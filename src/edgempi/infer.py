@@ -25,6 +25,7 @@ def parser(rank: int) -> RankParser:
     p.add_argument("--threads", type=int, help="torch threads per rank (default 1)")
     p.add_argument("--strategy", help="row partition: equal | proportional | auction | optimal (default)")
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
+    p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
     p.add_argument("--output", help="HDF5 with logits, predictions, indices")
     p.add_argument("--report", help="JSON report")
@@ -64,7 +65,8 @@ def infer(comm, argv: list[str] | None) -> None:
     args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
     config = collectively(comm, lambda: load_config(
         args.config, data=args.data, weights=args.weights, batch_size=args.batch_size, limit=args.limit,
-        strategy=args.strategy, fusion=args.fusion, profile=args.profile, threads=args.threads))
+        strategy=args.strategy, fusion=args.fusion, profile=args.profile, threads=args.threads,
+        poll_us=args.poll_us))
     job = prepare(comm, config)
     count = min(job.data.count, config.limit or job.data.count)
     results = run(comm, job, count)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .comm import collectively
+from .comm import barrier, collectively
 from .config import Config, ConfigError
 from .data import ImageSet
 from .geometry import is_empty
@@ -118,7 +118,7 @@ def prepare(comm, config: Config) -> Job:
                          config.classifier_rank, config.batch_size, config.min_rows).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head))
+    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head, config.poll_us / 1e6))
 
 
 @dataclass
@@ -157,7 +157,7 @@ def run(comm, job: Job, count: int) -> Results | None:
     logits, latencies = [], []
     began = time.perf_counter()
     for start, stop in tqdm(batches, desc="batches", unit="batch", disable=comm.rank != 0 or None, leave=False):
-        comm.Barrier()
+        barrier(comm, job.config.poll_us / 1e6)
         tick = time.perf_counter()
         out = infer(start, stop)
         latencies.append(time.perf_counter() - tick)

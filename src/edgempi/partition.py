@@ -109,12 +109,6 @@ def _cost_grown(block, counts: list[int], k: int) -> float:
     return block.cost(k, (lo, hi) if hi <= block.rows else (lo - 1, hi - 1))
 
 
-def _cost_with(block, counts: list[int], k: int, extra: int) -> float:
-    trial = list(counts)
-    trial[k] += extra
-    return block.cost(k, layout(trial)[k])
-
-
 def auction(block, slices_per_rank: int = 4) -> list[Rows]:
     """EdgeCI: slices of rows are auctioned one by one; every rank bids the time it would
     finish if it won the slice (its halo included), and the lowest bid wins."""
@@ -123,12 +117,19 @@ def auction(block, slices_per_rank: int = 4) -> list[Rows]:
     counts = [0] * ranks
     while sum(counts) < block.rows:
         grant = min(size, block.rows - sum(counts))
-        bids = [_cost_with(block, counts, k, grant) for k in range(ranks)]
+        starts = [0]
+        for count in counts[:-1]:
+            starts.append(starts[-1] + count)
+        # winning a slice extends a rank's strip; its start stays where it is
+        bids = [block.cost(k, (starts[k], starts[k] + counts[k] + grant)) for k in range(ranks)]
         winner = min(range(ranks), key=lambda k: (bids[k], k))
         if math.isinf(bids[winner]):
             raise Infeasible(f"no rank can take more rows of block {block.first}..{block.end}")
         counts[winner] += grant
-    return layout(counts)
+    rows = layout(counts)
+    if any(math.isinf(block.cost(k, r)) for k, r in enumerate(rows)):  # strips moved as others grew
+        raise Infeasible(f"the auction's strips of block {block.first}..{block.end} do not fit the ranks")
+    return rows
 
 
 def _greedy_fit(block, limit: float, forced: dict[int, int]) -> list[Rows] | None:

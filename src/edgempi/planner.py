@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .costmodel import BlockCosts, CostModel, Trunk
 from .errors import EdgempiError
 from .geometry import Rows, is_empty
 from .partition import PARTITIONERS, STRATEGIES, Infeasible
 
 FUSIONS = ("dp", "pool", "none", "full", "fixed:K")
+AUCTION_CANDIDATE_RANKS = 16
 
 
 class PlanError(EdgempiError):
@@ -106,8 +109,24 @@ def named_blocks(trunk: Trunk, fusion: str) -> list[tuple[int, int]]:
     raise PlanError(f"unknown fusion '{fusion}' (choose from {', '.join(FUSIONS)})")
 
 
+@dataclass
+class Candidate:
+    """One candidate block: its partition and, per rank, what it costs apart from the halo."""
+
+    rows: list[Rows]
+    needs: list[Rows]
+    compute: np.ndarray  # compute (and, in the last block, the classifier's own share of the head)
+    send: np.ndarray  # last block: the strip's way to the classifier
+    tail: float  # last block: the head's share of the other strips, and its rest
+
+
 class Planner:
-    """Partitions and times candidate blocks for one trunk, cost model and strategy."""
+    """Partitions and times candidate blocks for one trunk, cost model and strategy.
+
+    A block's partition is chosen on its own (its halo estimated from the ranks beside each
+    rank); a plan's time then counts the halo exactly: each rank receives the rows it reads
+    that it did not compute in the block before, from whichever ranks did.
+    """
 
     def __init__(self, trunk: Trunk, costs: CostModel, strategy: str, classifier_rank: int,
                  batch: int = 1, min_rows: int = 1):
@@ -115,54 +134,110 @@ class Planner:
             raise PlanError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
         self.trunk, self.costs, self.strategy = trunk, costs, strategy
         self.classifier, self.batch, self.min_rows = classifier_rank, batch, min_rows
-        self._blocks: dict[tuple[int, int], tuple[BlockCosts, list[Rows], float]] = {}
+        self._blocks: dict[tuple[int, int], Candidate] = {}
 
-    def block(self, first: int, end: int) -> tuple[BlockCosts, list[Rows], float]:
-        """The block's cost table, its partition under the strategy and its predicted time."""
+    def block(self, first: int, end: int) -> list[Candidate]:
+        """The block's candidate partitions: the strategy's, and for ``optimal`` every strategy's
+        (its own minimises the block's estimated time; the exact halo may favour another; the
+        auction, O(rows x ranks) bids, only up to ``AUCTION_CANDIDATE_RANKS`` ranks)."""
         if (first, end) not in self._blocks:
-            block = BlockCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
-            try:
-                rows = PARTITIONERS[self.strategy](block)
-            except Infeasible as exc:
-                raise PlanError(str(exc)) from None
-            self._blocks[first, end] = (block, rows, block.makespan(rows))
-            block.forget()  # the cost tables of all candidate blocks would not fit in memory
+            costs = BlockCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+            names = [self.strategy]
+            if self.strategy == "optimal":
+                names = [n for n in PARTITIONERS if n != "auction" or self.costs.ranks <= AUCTION_CANDIDATE_RANKS]
+            partitions = []
+            for name in names:
+                try:
+                    rows = PARTITIONERS[name](costs)
+                except Infeasible as exc:
+                    if name == self.strategy:
+                        raise PlanError(str(exc)) from None
+                    continue
+                if rows not in partitions:
+                    partitions.append(rows)
+            self._blocks[first, end] = [self._candidate(costs, rows) for rows in partitions]
+            costs.forget()
         return self._blocks[first, end]
 
-    def total(self, bounds: list[tuple[int, int]]) -> float:
-        return sum(self.block(first, end)[2] for first, end in bounds)
+    def _candidate(self, costs: BlockCosts, rows: list[Rows]) -> Candidate:
+        lows, highs = self.trunk.chain(costs.first, costs.end)
+        needs = [(int(lows[0][lo]), int(highs[0][hi - 1])) if hi > lo else (0, 0) for lo, hi in rows]
+        parts = [costs.parts(lo) if hi > lo else None for lo, hi in rows]
+        kinds = {kind: np.array([p[kind][k, hi - lo - 1] if p else 0.0 for k, (p, (lo, hi)) in
+                                 enumerate(zip(parts, rows))]) for kind in ("compute", "send")}
+        tail = 0.0
+        if costs.last:
+            own = rows[self.classifier][1] - rows[self.classifier][0]
+            tail = self.costs.head_row_s * (costs.rows - own) + self.costs.head_rest_s
+        return Candidate(rows, needs, kinds["compute"], kinds["send"], tail)
 
-    def best_fusion(self) -> list[tuple[int, int]]:
-        """Dynamic programming over block boundaries: ``best[j]`` is the least predicted time
-        of stages ``0..j`` cut into blocks, each block partitioned by the strategy. O(S^2) blocks."""
+    def halo(self, before: Candidate | None, block: Candidate, level: int) -> np.ndarray:
+        """Each rank's seconds receiving, from the ranks that computed them in the block
+        ``before``, the rows of ``block``'s input (at ``level``) it reads but did not compute."""
+        if before is None:
+            return np.zeros(self.costs.ranks)
+        owned = np.array(before.rows).reshape(-1, 2)
+        needs = np.array(block.needs).reshape(-1, 2)
+        overlap = np.maximum(0, np.minimum(owned[:, None, 1], needs[None, :, 1])
+                             - np.maximum(owned[:, None, 0], needs[None, :, 0]))  # [source, receiver]
+        np.fill_diagonal(overlap, 0)
+        seconds = self.costs.latency_s + overlap * self.trunk.row_bytes(level, self.batch) / self.costs.bandwidth_Bps
+        return np.where(overlap > 0, seconds, 0.0).sum(axis=0)
+
+    def step(self, before: Candidate | None, block: Candidate, level: int) -> float:
+        """Predicted seconds of ``block`` after ``before`` (the last block: up to the logits)."""
+        return float((block.compute + block.send + self.halo(before, block, level)).max()) + block.tail
+
+    def best_path(self, allowed: list[tuple[int, int]] | None = None) -> list[tuple[int, int, int]]:
+        """Dynamic programming over block boundaries (all of them, or only ``allowed`` blocks) and
+        candidate partitions: ``best[i, j, c]`` is the least predicted time of stages ``0..j`` cut
+        into blocks that end with block ``i..j`` partitioned by candidate ``c`` (the halo into a
+        block depends on the block before it). O(S^2) blocks, O(S^3) steps, no recursion.
+        Returns ``(first, end, candidate)`` per block."""
         depth = self.trunk.depth
-        best, cut = [0.0] + [float("inf")] * depth, [0] * (depth + 1)
-        for end in range(1, depth + 1):
-            for first in range(end):
-                time = best[first] + self.block(first, end)[2]
-                if time < best[end]:
-                    best[end], cut[end] = time, first
-        bounds, end = [], depth
-        while end > 0:
-            bounds.append((cut[end], end))
-            end = cut[end]
-        return bounds[::-1]
+        blocks = allowed or [(first, end) for end in range(1, depth + 1) for first in range(end)]
+        ending = {}
+        for first, end in blocks:
+            ending.setdefault(end, []).append(first)
+        best: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
+        for end in sorted(ending):
+            for first in ending[end]:
+                for c, candidate in enumerate(self.block(first, end)):
+                    if first == 0:
+                        best[first, end, c] = (self.step(None, candidate, 0), None)
+                        continue
+                    options = [(best[b][0] + self.step(self.block(b[0], b[1])[b[2]], candidate, first), b)
+                               for b in best if b[1] == first]
+                    if options:
+                        best[first, end, c] = min(options)
+        finals = [b for b in best if b[1] == depth]
+        if not finals:
+            raise PlanError("the blocks do not cover the trunk")
+        state = min(finals, key=lambda b: best[b][0])
+        path = []
+        while state is not None:
+            path.append(state)
+            state = best[state][1]
+        return path[::-1]
+
+    def total(self, path: list[tuple[int, int, int]]) -> float:
+        candidates = [self.block(first, end)[c] for first, end, c in path]
+        return sum(self.step(before, block, first) for before, block, (first, _, _)
+                   in zip([None] + candidates[:-1], candidates, path))
 
     def plan(self, model: str, fusion: str) -> Plan:
-        bounds = self.best_fusion() if fusion == "dp" else named_blocks(self.trunk, fusion)
-        blocks = []
-        for first, end in bounds:
-            costs, rows, time = self.block(first, end)
-            lows, highs = self.trunk.chain(first, end)
-            needs = [(int(lows[0][lo]), int(highs[0][hi - 1])) if hi > lo else (0, 0) for lo, hi in rows]
-            parts = [costs.parts(lo) if hi > lo else None for lo, hi in rows]
-            predicted = {kind: [float(p[kind][k, hi - lo - 1]) if p else 0.0 for k, (p, (lo, hi)) in
-                                enumerate(zip(parts, rows))] for kind in ("compute", "halo", "send")}
+        path = self.best_path(None if fusion == "dp" else named_blocks(self.trunk, fusion))
+        blocks, before = [], None
+        for first, end, c in path:
+            candidate = self.block(first, end)[c]
             channels, height, width = self.trunk.shapes[end]
-            blocks.append(Block(first, end, self.trunk.shapes[first][1], channels, height, width, rows, needs,
-                                predicted["compute"], predicted["halo"], predicted["send"], time))
+            blocks.append(Block(first, end, self.trunk.shapes[first][1], channels, height, width, candidate.rows,
+                                candidate.needs, candidate.compute.tolist(),
+                                self.halo(before, candidate, first).tolist(), candidate.send.tolist(),
+                                self.step(before, candidate, first)))
+            before = candidate
         _, height, width = self.trunk.shapes[0]
-        return Plan(model, height, width, self.strategy, fusion, self.classifier, blocks, self.total(bounds))
+        return Plan(model, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
 
 
 def trunk_geometry(model: str, stages, image: tuple[int, int, int], ranks: int) -> Trunk:

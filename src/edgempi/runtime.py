@@ -43,15 +43,15 @@ class Runtime:
     only the classifier rank needs (and uses) the model's head.
     """
 
-    def __init__(self, comm, model: nn.Module, plan: Plan, head: StreamingHead | None = None):
+    def __init__(self, comm, model: nn.Module, plan: Plan, head: StreamingHead | None = None, poll_s: float = 0.0):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
-        self.comm, self.model, self.plan = comm, nhwc(model), plan
+        self.comm, self.model, self.plan, self.poll_s = comm, nhwc(model), plan, poll_s
         self.rank = comm.rank
         self.stages = trunk_stages(model)
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
-        self.exchanges = [HaloExchange(comm, before.rows, after.needs, tag=index)
+        self.exchanges = [HaloExchange(comm, before.rows, after.needs, index, poll_s)
                           for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
         last = blocks[-1]
         if self.is_classifier and head is None:
@@ -93,7 +93,7 @@ class Runtime:
         if self.head is not None:
             self.head.start(batch)
         stream_to_root(self.comm, out, last.rows, (batch, last.out_channels, last.out_width),
-                       self.plan.classifier_rank, self._feed_head)
+                       self.plan.classifier_rank, self._feed_head, self.poll_s)
         logits = None
         if self.head is not None:
             tick = time.perf_counter()

@@ -3,5 +3,6 @@
 from .collective import JobError, collectively
 from .gather import stream_to_root
 from .halo import HaloExchange
+from .waiting import barrier
 
-__all__ = ["HaloExchange", "JobError", "collectively", "stream_to_root"]
+__all__ = ["HaloExchange", "JobError", "barrier", "collectively", "stream_to_root"]

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from mpi4py import MPI
 
 from ..geometry import Rows, is_empty
 from .buffers import as_buffer, nhwc_empty
+from .waiting import wait_any
 
 GATHER_TAG = 1 << 20
 
 
 def stream_to_root(comm, strip: torch.Tensor | None, rows: list[Rows], shape: tuple[int, int, int], root: int,
-                   consume: Callable[[Rows, torch.Tensor], None] | None) -> None:
+                   consume: Callable[[Rows, torch.Tensor], None] | None, poll_s: float = 0.0) -> None:
     """Send every rank's ``rows`` of a ``(batch, channels, width)`` map to ``root``.
 
     ``root`` calls ``consume(rows, strip)`` for its own strip first, then for each other
@@ -23,7 +23,8 @@ def stream_to_root(comm, strip: torch.Tensor | None, rows: list[Rows], shape: tu
     """
     if comm.rank != root:
         if strip is not None:
-            comm.Send(as_buffer(strip.contiguous(memory_format=torch.channels_last)), dest=root, tag=GATHER_TAG)
+            request = comm.Isend(as_buffer(strip.contiguous(memory_format=torch.channels_last)), dest=root, tag=GATHER_TAG)
+            wait_any([request], poll_s)
         return
     batch, channels, width = shape
     sources = [r for r in range(comm.size) if r != root and not is_empty(rows[r])]
@@ -32,5 +33,5 @@ def stream_to_root(comm, strip: torch.Tensor | None, rows: list[Rows], shape: tu
     if strip is not None:
         consume(rows[root], strip)
     for _ in requests:
-        index = MPI.Request.Waitany(requests)
+        index = wait_any(requests, poll_s)
         consume(rows[sources[index]], buffers[index])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
 
 from ..geometry import Rows, intersect, is_empty
 from .buffers import as_buffer, nhwc_empty
+from .waiting import wait_all
 
 
 
@@ -18,9 +18,9 @@ class HaloExchange:
     come from any rank, not only from neighbours, and a rank may own or need no rows.
     """
 
-    def __init__(self, comm, owned: list[Rows], needed: list[Rows], tag: int = 0):
+    def __init__(self, comm, owned: list[Rows], needed: list[Rows], tag: int = 0, poll_s: float = 0.0):
         me = comm.rank
-        self.comm, self.tag = comm, tag
+        self.comm, self.tag, self.poll_s = comm, tag, poll_s
         self.owned, self.needed = owned[me], needed[me]
         peers = [p for p in range(comm.size) if p != me]
         self.sends = [(p, rows) for p in peers if not is_empty(rows := intersect(owned[me], needed[p]))]
@@ -48,7 +48,7 @@ class HaloExchange:
         for (p, (lo, hi)), buf in zip(self.sends, send_bufs):
             buf.copy_(strip[:, :, lo - self.owned[0]:hi - self.owned[0]])
             requests.append(self.comm.Isend(as_buffer(buf), dest=p, tag=self.tag))
-        MPI.Request.Waitall(requests)
+        wait_all(requests, self.poll_s)
         if is_empty(self.needed):
             return None
         pieces = [(rows[0], buf) for (_, rows), buf in zip(self.recvs, recv_bufs)]
