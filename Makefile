@@ -19,7 +19,7 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 export OMP_NUM_THREADS := 1
 export MPIEXEC MPIFLAGS
 
-.PHONY: install data run check-hostfile test test-serial test-mpi bench clean
+.PHONY: install data run check-hostfile test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,18 @@ test: test-serial test-mpi
 
 bench: install
 	$(PY) -m edgempi.bench --out results/bench.json
+
+# The emulated edge cluster (root): namespaces, shaped links and CPU quotas from $(CLUSTER).
+CLUSTER ?= clusters/emulated-hetero.yaml
+
+cluster-up: install
+	$(PY) -m edgempi.emulate up --cluster $(CLUSTER)
+
+cluster-down: install
+	$(PY) -m edgempi.emulate down
+
+bench-cluster: install
+	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER) --out results/cluster
 
 clean:
 	rm -rf $(VENV) data results

@@ -52,3 +52,14 @@ def plan_for(name: str, model: nn.Module, image: tuple[int, int, int], speeds, s
     trunk = Trunk.from_stages(trunk_stages(model), image)
     costs = model_from_speeds(trunk, [max(s, 1e-4) for s in speeds], **cluster)
     return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch)
+
+
+def plain_logits(checkpoint, data_path, name: str = "resnet18"):
+    """Logits of one plain torch forward over every image of an HDF5 file."""
+    from edgempi.data import ImageSet
+
+    model = build_model(name, seed=0)
+    model.load_state_dict(torch.load(checkpoint))
+    data = ImageSet(data_path, 1, 0.5, 0.25)
+    with torch.inference_mode():
+        return model(data.read(0, data.count, (0, data.height))).numpy(), data

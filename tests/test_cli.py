@@ -12,10 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import realistic_model
+from helpers import plain_logits, realistic_model
 
-from edgempi.data import ImageSet, synth, write_dataset
-from edgempi.models import build_model
+from edgempi.data import synth, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
@@ -55,11 +54,7 @@ def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, che
                 "--report", report, "--profile", profile)
     assert run.returncode == 0, run.stderr
     assert "plan: resnet18 200x200, 3 ranks" in run.stdout and "latency median" in run.stdout
-    model = build_model("resnet18", seed=0)
-    model.load_state_dict(torch.load(checkpoint))
-    data = ImageSet(synthetic, 1, 0.5, 0.25)
-    with torch.inference_mode():
-        expected = model(data.read(0, data.count, (0, data.height))).numpy()
+    expected, data = plain_logits(checkpoint, synthetic)
     with h5py.File(out) as f:
         assert f["logits"].dtype == np.float32 and f["logits"].shape == (5, 6)
         np.testing.assert_allclose(f["logits"][:], expected, rtol=1e-4, atol=1e-5)

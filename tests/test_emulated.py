@@ -1,0 +1,107 @@
+"""The emulated edge cluster: up, a 2-device parity run across it, shaping and quotas in force,
+down with nothing left (skipped where root, namespaces or cgroups are missing)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import plain_logits, realistic_model
+
+from edgempi import emulate
+from edgempi.cluster import load_cluster
+from edgempi.data import synth
+
+REASON = emulate.unavailable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"emulated cluster: {REASON}")
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+MPIEXEC = str(Path(sys.executable).parent / "mpirun")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cluster") / "two.yaml"
+    path.write_text("core_per_speed: 0.5\ndevices:\n"
+                    "  - {name: a, speed: 1.0, bandwidth_mbit: 50}\n"
+                    "  - {name: b, speed: 0.5, bandwidth_mbit: 50}\n")
+    spec = load_cluster(path)
+    emulate.up(spec)
+    yield spec
+    emulate.down()
+    assert emulate.leftovers() == [], "cluster-down left something behind"
+
+
+def in_device(n: int, script: Path, *args: str) -> subprocess.Popen:
+    """Start a Python script inside device ``n`` (its namespace and CPU cgroup), as the agent does."""
+    return subprocess.Popen([str(emulate.AGENT), emulate.address(n), " ".join([sys.executable, str(script), *args])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+RECEIVE = """
+import socket, sys, time
+server = socket.socket()
+server.bind((sys.argv[1], 5601))
+server.listen(1)
+conn, _ = server.accept()
+received, start = 0, time.time()
+while data := conn.recv(1 << 20):
+    received += len(data)
+print(received / (time.time() - start))
+"""
+SEND = """
+import socket, sys
+conn = socket.create_connection((sys.argv[1], 5601))
+for _ in range(12):
+    conn.sendall(bytes(1 << 20))
+conn.close()
+"""
+BUSY = """
+import time
+start, cpu = time.time(), time.process_time()
+while time.time() - start < 2:
+    pass
+print((time.process_time() - cpu) / (time.time() - start))
+"""
+
+
+def test_parity_across_two_emulated_devices(cluster, tmp_path):
+    synth(tmp_path / "d.h5", 3, seed=5)
+    checkpoint = tmp_path / "w.pt"
+    torch.save(realistic_model("resnet18", seed=7).state_dict(), checkpoint)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: resnet18\npoll_us: 200\n")
+    out = tmp_path / "o.h5"
+    run = subprocess.run([MPIEXEC, *emulate.mpirun_options(2), sys.executable, "-m", "edgempi.infer",
+                          "--config", str(config), "--data", str(tmp_path / "d.h5"), "--weights", str(checkpoint),
+                          "--output", str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected, _ = plain_logits(checkpoint, tmp_path / "d.h5")
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["logits"][:], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_links_are_shaped_to_the_cluster_file(cluster, tmp_path):
+    (tmp_path / "receive.py").write_text(RECEIVE)
+    (tmp_path / "send.py").write_text(SEND)
+    listen = in_device(2, tmp_path / "receive.py", emulate.address(2))
+    time.sleep(1.5)
+    send = in_device(1, tmp_path / "send.py", emulate.address(2))
+    assert send.wait(timeout=60) == 0, send.stderr.read()
+    measured = float(listen.communicate(timeout=60)[0])
+    expected = cluster.devices[0].bandwidth_mbit * 1e6 / 8
+    assert abs(measured - expected) / expected < 0.2, (measured, expected)
+
+
+def test_cpu_quotas_are_in_force(cluster, tmp_path):
+    (tmp_path / "busy.py").write_text(BUSY)
+    runs = [in_device(n, tmp_path / "busy.py") for n in (1, 2)]
+    shares = [float(r.communicate(timeout=60)[0]) for r in runs]
+    for share, device in zip(shares, cluster.devices):
+        expected = device.speed * cluster.core_per_speed
+        assert abs(share - expected) / expected < 0.2, (shares, expected)
