@@ -123,9 +123,11 @@ def leftovers() -> list[str]:
     return found + ([str(CGROUP)] if CGROUP.exists() else [])
 
 
-def mpirun_options(devices: int) -> list[str]:
-    """mpirun options that put one rank on each of the first ``devices`` devices, TCP only."""
-    hosts = ",".join(f"{address(n)}:1" for n in range(1, devices + 1))
+def mpirun_options(devices: int | list[int]) -> list[str]:
+    """mpirun options that put one rank on each of the first ``devices`` devices (or on the
+    listed devices, in that order), TCP only."""
+    numbers = range(1, devices + 1) if isinstance(devices, int) else devices
+    hosts = ",".join(f"{address(n)}:1" for n in numbers)
     subnet = f"{SUBNET}.0/24"
     return ["--host", hosts, "--prtemca", "plm_ssh_agent", str(AGENT), "--prtemca", "oob_tcp_if_include", subnet,
             "--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", subnet]

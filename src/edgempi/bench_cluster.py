@@ -1,0 +1,157 @@
+"""The field's strategies side by side on the emulated cluster: ``python -m edgempi.bench_cluster``.
+
+For each model and each number of devices (fastest first), runs ``edgempi.infer`` with the
+conventional (``equal`` + ``none``, MoDNN-style), EdgeLD-style (``proportional`` + ``pool``),
+DeepThings-style (``equal`` + ``full``) and edgempi's default (``optimal`` + ``dp``) plans, and
+reports the median latency, the speedup over the fastest device alone, its fraction of the bound
+``sum(speed)/speed(fastest)``, and predicted against measured. Writes CSV, JSON and PNG plots.
+Without root, namespaces or cgroups it says so and runs the same matrix on local ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import emulate
+from .cluster import load_cluster
+from .data import atomic_path, synth
+
+STRATEGIES = {"conventional": ("equal", "none"), "EdgeLD": ("proportional", "pool"),
+              "DeepThings": ("equal", "full"), "edgempi": ("optimal", "dp")}
+
+
+def _mpirun(devices: list[int], emulated: bool) -> list[str]:
+    mpiexec = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    if emulated:
+        return [mpiexec, *emulate.mpirun_options(devices)]
+    return [mpiexec, "--oversubscribe", "-np", str(len(devices))]
+
+
+def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: str, images: int,
+             profile: Path, emulated: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        command = [*_mpirun(devices, emulated), sys.executable, "-m", "edgempi.infer",
+                   "--config", f"configs/{model}.yaml", "--data", data, "--limit", str(images),
+                   "--strategy", strategy, "--fusion", fusion, "--poll-us", "200", "--profile", str(profile),
+                   "--report", str(report)]
+        env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        return json.loads(report.read_text())
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model and device count, each strategy's latency, speedup and share of the bound."""
+    lines = ["| model | devices | bound | " + " | ".join(f"{n} ms (speedup, of bound)" for n in STRATEGIES) + " |",
+             "|---|---|---|" + "---|" * len(STRATEGIES)]
+    for model, count in sorted({(r["model"], r["devices"]) for r in rows}):
+        cells = {r["strategy"]: r for r in rows if (r["model"], r["devices"]) == (model, count)}
+        lines.append(f"| {model} | {count} | {cells['edgempi']['bound']:.2f} | " + " | ".join(
+            f"{1e3 * c['latency_s']:.0f} ({c['speedup']:.2f}x, {100 * c['fraction_of_bound']:.0f}%)"
+            for c in (cells[n] for n in STRATEGIES)) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], timeline: dict | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for model in sorted({r["model"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        mine = [r for r in rows if r["model"] == model]
+        devices = sorted({r["devices"] for r in mine})
+        ax.plot(devices, [next(r["bound"] for r in mine if r["devices"] == d) for d in devices], "k--", label="bound")
+        for name in STRATEGIES:
+            points = [(r["devices"], r["speedup"]) for r in mine if r["strategy"] == name]
+            ax.plot(*zip(*points), "o-", label=name)
+        ax.set(xlabel="devices", ylabel="speedup over the fastest device", title=model, xticks=devices)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"speedup-{model}.png", dpi=120)
+        plt.close(fig)
+    if timeline:
+        fig, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(timeline["ranks"])))
+        for r in timeline["ranks"]:
+            start = 0.0
+            for compute, halo in zip(r["compute_s_per_block"], r["halo_in_s_per_block"]):
+                ax.barh(r["rank"], 1e3 * halo, left=start, color="tab:orange")
+                ax.barh(r["rank"], 1e3 * compute, left=start + 1e3 * halo, color="tab:blue")
+                start += 1e3 * (halo + compute)
+            ax.barh(r["rank"], 1e3 * (r["wait_s"] + r["head_s"]), left=start, color="tab:gray")
+        ax.set(xlabel="ms (mean per image): blue compute, orange halo in, grey gather / wait / head",
+               ylabel="rank", title=f"{timeline['model']} on {timeline['world_size']} devices, edgempi plan")
+        fig.tight_layout()
+        fig.savefig(out / "timeline.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgempi.bench_cluster", description=__doc__.split("\n")[0])
+    parser.add_argument("--cluster", default=emulate.DEFAULT_CLUSTER)
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--data", default="data/bench.h5")
+    parser.add_argument("--out", default="results/cluster")
+    args = parser.parse_args(argv)
+    cluster = load_cluster(args.cluster)
+    reason = emulate.unavailable()
+    emulated = reason is None
+    if not emulated:
+        print(f"no emulated cluster ({reason}): running the same matrix on local ranks", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.data).exists():
+        synth(args.data, 12, seed=11)
+    speeds = [d.speed for d in cluster.devices]
+    order = sorted(range(1, len(speeds) + 1), key=lambda n: -speeds[n - 1])  # fastest first
+    rows, timeline = [], None
+    try:
+        if emulated:
+            emulate.up(cluster)
+        for model in args.models:
+            for count in range(1, len(order) + 1):
+                devices = order[:count]
+                bound = sum(speeds[n - 1] for n in devices) / speeds[devices[0] - 1]
+                profile = out / f"profile-{model}-{count}.json"
+                for name, (strategy, fusion) in STRATEGIES.items():
+                    report = run_once(model, devices, strategy, fusion, args.data, args.images, profile, emulated)
+                    latency = statistics.median(report["latencies_s"])
+                    rows.append({"model": model, "devices": count, "strategy": name, "latency_s": latency,
+                                 "predicted_s": report["predicted_latency_s"], "bound": bound})
+                    print(f"{model} {count} devices {name:<12} {1e3 * latency:8.1f} ms "
+                          f"(predicted {1e3 * report['predicted_latency_s']:.1f})", flush=True)
+                    if name == "edgempi" and count == len(order) and timeline is None:
+                        timeline = report
+    finally:
+        if emulated:
+            emulate.down()
+    for row in rows:  # the fastest device alone, with whichever plan serves it best
+        single = min(r["latency_s"] for r in rows if r["model"] == row["model"] and r["devices"] == 1)
+        row["speedup"] = single / row["latency_s"]
+        row["fraction_of_bound"] = row["speedup"] / row["bound"]
+    print(table(rows))
+    with atomic_path(out / "results.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps({"emulated": emulated, "cluster": args.cluster, "rows": rows}, indent=2) + "\n")
+    plot(rows, timeline, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
