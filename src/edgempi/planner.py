@@ -200,16 +200,18 @@ class Planner:
         for first, end in blocks:
             ending.setdefault(end, []).append(first)
         best: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
+        ends_at: dict[int, list[tuple[int, int, int]]] = {}  # states by the stage their block ends at
         for end in sorted(ending):
             for first in ending[end]:
                 for c, candidate in enumerate(self.block(first, end)):
                     if first == 0:
-                        best[first, end, c] = (self.step(None, candidate, 0), None)
-                        continue
-                    options = [(best[b][0] + self.step(self.block(b[0], b[1])[b[2]], candidate, first), b)
-                               for b in best if b[1] == first]
+                        options = [(self.step(None, candidate, 0), None)]
+                    else:
+                        options = [(best[b][0] + self.step(self.block(b[0], b[1])[b[2]], candidate, first), b)
+                                   for b in ends_at.get(first, [])]
                     if options:
-                        best[first, end, c] = min(options)
+                        best[first, end, c] = min(options, key=lambda option: option[0])
+                        ends_at.setdefault(end, []).append((first, end, c))
         finals = [b for b in best if b[1] == depth]
         if not finals:
             raise PlanError("the blocks do not cover the trunk")
