@@ -46,3 +46,15 @@ def test_bad_profile_files(tmp_path):
     odd.save(tmp_path / "odd.json")
     with pytest.raises(ProfileError, match="inconsistent"):
         Profile.load(tmp_path / "odd.json")
+
+
+def test_jitter_counts_only_the_wait_for_the_slowest_rank():
+    from edgempi.profile import jitter
+    import numpy as np
+
+    steady = np.full((3, 5), 0.01)
+    assert jitter(steady) == 0.0
+    noisy = steady.copy()
+    noisy[1, [0, 2, 4]] += 0.002  # one rank is late by 0.002 s in most rounds
+    # a late round loses the deviation minus its mean over the ranks: 0.002 - 0.002/3
+    assert jitter(noisy) == pytest.approx((0.002 - 0.002 / 3) / 0.01)

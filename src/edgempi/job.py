@@ -92,8 +92,18 @@ def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: St
     def time_head():
         return time_streaming_head(head, config.batch_size)
 
+    middle, short = len(stages) // 2, stage_heights(stages, heights[-1])
+    with torch.inference_mode():
+        x = samples[-1]
+        for stage, n_in, n_out in zip(stages[:middle], short, short[1:]):
+            x = stage.forward(x, 0, n_in, (0, n_out))
+
+    def probe():  # one real stage, a few milliseconds: how much do the ranks' times wander?
+        with torch.inference_mode():
+            stages[middle].forward(x, 0, short[middle], (0, short[middle + 1]))
+
     profile = measure(comm, [stage_heights(stages, h)[1:] for h in heights], calibrate,
-                      time_head if head else None, f"{config.model} on {image}", config.calibration_repeats)
+                      time_head if head else None, f"{config.model} on {image}", config.calibration_repeats, probe)
     if profile is not None and config.profile:
         profile.save(config.profile)
     return profile

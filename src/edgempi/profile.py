@@ -45,6 +45,7 @@ class Profile:
     bandwidth_Bps: list[list[float | None]]
     memory_bytes: list[float | None]
     workload: str
+    jitter: float = 0.0  # relative: extra wait at a synchronisation, over the block's compute
 
     @property
     def world_size(self) -> int:
@@ -60,7 +61,8 @@ class Profile:
         bandwidth = np.array([[np.inf if b is None else b for b in row] for row in self.bandwidth_Bps], dtype=float)
         memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
         return CostModel(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]),
-                         np.array(self.latency_s, dtype=float), bandwidth, memory, self.head_row_s, self.head_rest_s)
+                         np.array(self.latency_s, dtype=float), bandwidth, memory, self.head_row_s, self.head_rest_s,
+                         jitter=self.jitter)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -139,11 +141,21 @@ def _links(comm) -> dict[tuple[int, int], tuple[float, float]]:
     return links
 
 
+def jitter(times: np.ndarray) -> float:
+    """Relative time lost per synchronisation: ``times[rank, round]`` of the same work started
+    together; each round waits for its slowest rank's deviation from that rank's own median."""
+    deviation = times - np.median(times, axis=1, keepdims=True)
+    lost = deviation.max(axis=0) - deviation.mean(axis=0)
+    return float(np.median(lost) / np.median(times))
+
+
 def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
-            head: Callable[[], tuple[float, float]] | None, description: str, repeats: int = 3) -> Profile | None:
+            head: Callable[[], tuple[float, float]] | None, description: str, repeats: int = 3,
+            probe: Callable[[], None] | None = None, rounds: int = 20) -> Profile | None:
     """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
     and ``head`` (seconds per feature row, seconds for the rest) on the one rank that passes it;
-    ping-pong every pair of ranks, disjoint pairs at once.
+    time ``probe`` started together on every rank for ``rounds`` rounds (the jitter a block
+    boundary waits for); ping-pong every pair of ranks, disjoint pairs at once.
 
     Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
     """
@@ -154,6 +166,13 @@ def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list
         head()
     head_s = _median_of([head() for _ in range(repeats)]) if head else [0.0, 0.0]
     head_s = comm.reduce(np.array(head_s), root=0)
+    probes = []
+    for _ in range(rounds if probe else 0):
+        comm.Barrier()
+        start = time.perf_counter()
+        probe()
+        probes.append(time.perf_counter() - start)
+    probes = comm.gather(probes, root=0)
     hosts = comm.gather(socket.gethostname(), root=0)
     memory = comm.gather(available_memory(), root=0)
     gathered = comm.gather(_links(comm), root=0)
@@ -165,5 +184,6 @@ def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list
         for (low, high), (lat, bw) in part.items():
             latency[low][high] = latency[high][low] = lat
             bandwidth[low][high] = bandwidth[high][low] = bw
+    spread = jitter(np.array(probes)) if probe and comm.size > 1 else 0.0
     return Profile(hosts, stage_rows, stage_s, float(head_s[0]), float(head_s[1]), latency, bandwidth, memory,
-                   description)
+                   description, spread)
