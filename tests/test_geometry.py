@@ -51,8 +51,10 @@ def test_out_size_matches_torch(layer, height):
 def test_rows_needed_is_the_receptive_field(layer, height, data):
     """Output rows computed from exactly the rows said to be needed equal the full layer's."""
     stage = LayerStage("x", layer)
-    assume(height + 2 * stage.rows.padding >= stage.rows.extent)
-    n_out = stage.out_size(height)
+    try:
+        n_out = stage.out_size(height)
+    except ValueError:
+        assume(False)  # no output row at all (torch refuses too: see test_out_size_matches_torch)
     lo = data.draw(st.integers(0, n_out - 1))
     hi = data.draw(st.integers(lo + 1, n_out))
     x = torch.randn(1, 2, height, 11)

@@ -46,14 +46,15 @@ class Window:
 
     def out_size(self, n_in: int) -> int:
         span = n_in + 2 * self.padding - self.extent
-        if span < 0:
-            raise ValueError(f"input of {n_in} rows is smaller than the window ({self.extent} rows)")
         if not self.ceil_mode:
-            return span // self.stride + 1
-        n_out = -(-span // self.stride) + 1
-        # PyTorch: the last window must start inside the input or the leading padding.
-        if (n_out - 1) * self.stride >= n_in + self.padding:
-            n_out -= 1
+            n_out = span // self.stride + 1
+        else:
+            n_out = -(-span // self.stride) + 1
+            # PyTorch: the last window must start inside the input or the leading padding.
+            if (n_out - 1) * self.stride >= n_in + self.padding:
+                n_out -= 1
+        if n_out < 1:
+            raise ValueError(f"input of {n_in} rows is smaller than the window ({self.extent} rows)")
         return n_out
 
     def span(self, out_rows: Rows) -> Rows:
