@@ -90,11 +90,6 @@ class CostModel:
     def ranks(self) -> int:
         return self.stage_row_s.shape[0]
 
-    def link_s(self, src: int, dst: int, nbytes: float) -> float:
-        if src == dst or nbytes == 0:
-            return 0.0
-        return float(self.latency_s[src, dst] + nbytes / self.bandwidth_Bps[src, dst])
-
     def subset(self, ranks: Sequence[int]) -> CostModel:
         """The same devices and links, for the given ranks only."""
         pick = np.asarray(ranks)

@@ -164,22 +164,6 @@ def stage_heights(stages: list[Stage], height: int) -> list[int]:
     return heights
 
 
-def output_shape(stages: list[Stage], channels: int, height: int, width: int) -> tuple[int, int, int]:
-    """``(channels, height, width)`` after a run of stages."""
-    for stage in stages:
-        channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
-    return channels, height, width
-
-
-def stage_macs(stages: list[Stage], channels: int, height: int, width: int) -> list[int]:
-    """Multiply-accumulates of each stage on a whole ``channels x height x width`` input."""
-    macs = []
-    for stage in stages:
-        macs.append(stage.macs(channels, height, width))
-        channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
-    return macs
-
-
 def time_stages(stages: list[Stage], x: torch.Tensor) -> list[float]:
     """Seconds each stage takes on the whole of ``x`` (one calibration pass)."""
     heights = stage_heights(stages, x.shape[2])
