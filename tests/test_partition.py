@@ -3,7 +3,6 @@
 import itertools
 import math
 
-import numpy as np
 import pytest
 from helpers import plan_for
 from hypothesis import HealthCheck, given, settings
