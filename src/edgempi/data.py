@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from .errors import EdgempiError
+from .errors import EdgempiError, exit_status
 
 CLASS_PREFIXES = ("Cr", "In", "Pa", "PS", "RS", "Sc")
 CLASS_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
@@ -165,17 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--size", type=int, default=200)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int | None:
         if args.command == "convert":
             count = convert(args.folder, args.out)
             print(f"wrote {count} images to {args.out}")
         else:
             synth(args.out, args.n, args.seed, args.size)
             print(f"wrote {args.n} synthetic images to {args.out}")
-    except DataError as exc:
-        print(f"edgempi: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

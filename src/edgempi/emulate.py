@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .cluster import Cluster, load_cluster
-from .errors import EdgempiError
+from .errors import EdgempiError, exit_status
 
 BRIDGE, PREFIX, SUBNET = "edgempi0", "edgempi-", "198.18.0"
 CGROUP = Path("/sys/fs/cgroup/cpu/edgempi")
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "check"])
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int | None:
         if args.action == "check":
             reason = unavailable()
             print(reason or "the emulated cluster can be built here")
@@ -152,10 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for n, d in enumerate(cluster.devices, start=1):
             print(f"dev{n} {address(n)}: {d.speed * cluster.core_per_speed:.2f} core, {d.bandwidth_mbit:g} Mbit/s "
                   f"({d.name})")
-    except EdgempiError as exc:
-        print(f"edgempi: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .cluster import load_cluster
 from .config import load_config
 from .costmodel import CostModel, Trunk
 from .data import atomic_path
-from .errors import EdgempiError
+from .errors import exit_status
 from .head import head_weight_bytes
 from .models import build_model
 from .partition import STRATEGIES
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="every strategy x fusion pair")
     parser.add_argument("--json", help="write the plan (and comparison) as JSON")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int | None:
         config = load_config(args.config, strategy=args.strategy, fusion=args.fusion)
         with torch.device("meta"):  # shapes only: no weights are drawn
             model = build_model(config.model, config.in_channels, config.num_classes)
@@ -124,10 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with atomic_path(args.json) as tmp:
                 tmp.write_text(json.dumps(result, indent=2) + "\n")
-    except EdgempiError as exc:
-        print(f"edgempi: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":
