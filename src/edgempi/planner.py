@@ -244,10 +244,14 @@ class Planner:
         return Plan(model, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
 
 
+def _check_ranks(ranks: int, height: int) -> None:
+    if ranks > height:
+        raise PlanError(f"{ranks} ranks but the image has only {height} rows: use at most {height} ranks")
+
+
 def trunk_geometry(model: str, stages, image: tuple[int, int, int], ranks: int) -> Trunk:
     """The trunk's geometry for this image, or a ``PlanError`` saying why it cannot be split."""
-    if ranks > image[1]:
-        raise PlanError(f"{ranks} ranks but the image has only {image[1]} rows: use at most {image[1]} ranks")
+    _check_ranks(ranks, image[1])
     try:
         return Trunk.from_stages(stages, image)
     except ValueError as exc:
@@ -258,9 +262,7 @@ def make_plan(model: str, trunk: Trunk, costs: CostModel, strategy: str = "optim
               classifier_rank: int = 0, batch: int = 1, min_rows: int = 1) -> Plan:
     """Plan ``trunk`` for the ranks of ``costs``."""
     world = costs.ranks
-    height = trunk.shapes[0][1]
-    if world > height:
-        raise PlanError(f"{world} ranks but the image has only {height} rows: use at most {height} ranks")
+    _check_ranks(world, trunk.shapes[0][1])
     if not 0 <= classifier_rank < world:
         raise PlanError(f"classifier rank {classifier_rank} is not one of the {world} ranks")
     if fusion != "dp":

@@ -74,7 +74,6 @@ class Runtime:
         Collective: every rank of ``comm`` calls it with the same ``batch``.
         """
         timings, blocks = self.timings, self.plan.blocks
-        out = None
         for index, block in enumerate(blocks):
             rows = block.rows[self.rank]
             start = time.perf_counter()
