@@ -35,7 +35,7 @@ def single_device(model_name: str, data: str, threads: int, images: int, nhwc: b
 
     torch.set_num_threads(threads)
     config = load_config(None, model=model_name)
-    model = build_model(model_name, config.in_channels, config.num_classes, config.seed)
+    model = build_model(model_name, config.in_channels, config.num_classes, config.seed, reduction=config.reduction)
     dataset = ImageSet(data, config.in_channels, config.mean, config.std)
     layout = torch.channels_last if nhwc else torch.contiguous_format
     model = model.to(memory_format=layout)

@@ -17,6 +17,7 @@ class ConfigError(EdgempiError):
 @dataclass(frozen=True)
 class Config:
     model: str = "vgg16"
+    reduction: int = 4  # channel reduction ratio of the compact variants
     in_channels: int = 1
     num_classes: int = 6
     seed: int = 0
@@ -39,7 +40,7 @@ class Config:
 
 _TYPES = {"int": int, "float": (int, float), "str": str, "str | None": (str, type(None)),
           "int | None": (int, type(None))}
-_POSITIVE = ("in_channels", "num_classes", "batch_size", "threads", "calibration_repeats", "min_rows")
+_POSITIVE = ("reduction", "in_channels", "num_classes", "batch_size", "threads", "calibration_repeats", "min_rows")
 
 
 def _check(config: Config) -> Config:

@@ -6,6 +6,8 @@ cost per output row it computes, recomputed halo rows included). A link costs
 block is its compute plus receiving the halo rows it needs beyond its own strip from the ranks
 beside it. After the last block the others send their strips to the classifier rank, which has
 already added its own strip's share of the head and adds each other strip's as it arrives.
+Every global reduction inside a block (a channel attention's mean) costs every rank one
+Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from .geometry import Rows
 
 FLOAT_BYTES = 4
+REDUCED_BYTES_PER_IMAGE = 512 * FLOAT_BYTES  # a reduced map's channel sums, at most 512 channels
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Trunk:
     shapes: list[tuple[int, int, int]]  # (channels, height, width) per level
     macs: list[int]  # per stage, whole map
     boundaries: list[bool]  # per stage: a pool / residual block ends here
+    reductions: list[int]  # per stage: global reductions (Allreduce of partial sums) inside it
     need_lo: list[np.ndarray]
     need_hi: list[np.ndarray]
 
@@ -48,7 +52,8 @@ class Trunk:
             rows = [stage.rows_needed((r, r + 1), h) for r in range(shapes[-1][1])]
             need_lo.append(np.array([lo for lo, _ in rows]))
             need_hi.append(np.array([hi for _, hi in rows]))
-        return cls([s.name for s in stages], shapes, macs, [s.boundary_after for s in stages], need_lo, need_hi)
+        return cls([s.name for s in stages], shapes, macs, [s.boundary_after for s in stages],
+                   [s.reductions for s in stages], need_lo, need_hi)
 
     @property
     def depth(self) -> int:
@@ -60,12 +65,14 @@ class Trunk:
 
     def chain(self, first: int, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """For a block of stages ``first..end``: per level ``first..end``, the first row read
-        for each possible start ``lo`` and one past the last for each possible end ``hi - 1``."""
+        for each possible start ``lo`` and one past the last for each possible end ``hi - 1``
+        (a strip at the bottom reads every level down to its bottom, as ``rows_through``)."""
         rows = self.shapes[end][1]
         lows, highs = [np.arange(rows)], [np.arange(1, rows + 1)]
         for s in range(end - 1, first - 1, -1):
             lows.append(self.need_lo[s][lows[-1]])
             highs.append(self.need_hi[s][highs[-1] - 1])
+            highs[-1][-1] = self.shapes[s][1]
         return lows[::-1], highs[::-1]
 
 
@@ -97,6 +104,14 @@ class CostModel:
                          self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s,
                          self.head_rest_s, self.weight_bytes, self.head_bytes, self.jitter)
 
+    def allreduce_s(self, nbytes: float) -> float:
+        """One Allreduce of ``nbytes`` over all ranks (recursive doubling on the slowest link)."""
+        if self.ranks == 1:
+            return 0.0
+        links = ~np.eye(self.ranks, dtype=bool)
+        step = self.latency_s[links].max() + nbytes / self.bandwidth_Bps[links].min()
+        return 2 * math.ceil(math.log2(self.ranks)) * step
+
     def speeds(self) -> list[float]:
         """Relative speed of each rank: inverse of its time for the whole trunk."""
         return list(1.0 / (self.stage_fixed_s + self.stage_row_s).sum(axis=1))
@@ -116,6 +131,7 @@ class BlockCosts:
         stages = slice(first, end)
         b = model.stage_row_s[:, stages]
         self.fixed = model.stage_fixed_s[:, stages].sum(axis=1)
+        self.fixed += sum(trunk.reductions[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
         self.by_hi = b @ np.stack(highs[1:])  # [ranks, rows]: sum_s b[k, s] * hi_s
         self.by_lo = b @ np.stack(lows[1:])
         levels = range(first, end + 1)

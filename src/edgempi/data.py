@@ -1,13 +1,15 @@
 """NEU-CLS in HDF5: the file layout, the converter, synthetic data and row-slab reading.
 
 Layout: ``images`` uint8 ``[N, C, H, W]`` chunked one image per chunk, ``labels`` int64
-``[N]``, file attribute ``classes`` (class names in label order). No MPI here: every rank
+``[N]``, ``split`` uint8 ``[N]`` (0 train, 1 val, 2 test; attributes ``names``, ``fractions``,
+``seed``), file attribute ``classes`` (class names in label order). No MPI here: every rank
 opens the file read-only and reads just the rows it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -22,6 +24,8 @@ from .errors import EdgempiError, exit_status
 
 CLASS_PREFIXES = ("Cr", "In", "Pa", "PS", "RS", "Sc")
 CLASS_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 _NEU_NAME = re.compile(r"^(Cr|In|Pa|PS|RS|Sc)_(\d+)\.bmp$", re.IGNORECASE)
 
 
@@ -42,17 +46,38 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
-def write_dataset(path: str | Path, images: np.ndarray, labels: np.ndarray, classes=CLASS_NAMES) -> None:
-    """Write images ``[N, C, H, W]`` uint8 and labels ``[N]`` atomically in edgempi's layout."""
+def stratified_split(labels: np.ndarray, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> np.ndarray:
+    """Per image 0 (train), 1 (val) or 2 (test): each class on its own, shuffled with ``seed``,
+    its first ``fractions[0]`` to train, the next ``fractions[1]`` to val, the rest to test."""
+    if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
+        raise DataError(f"split fractions must be three non-negative numbers summing to 1, not {list(fractions)}")
+    split = np.full(len(labels), 2, dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_train, n_val = (round(f * len(members)) for f in fractions[:2])
+        split[members[:n_train]] = 0
+        split[members[n_train:n_train + n_val]] = 1
+    return split
+
+
+def write_dataset(path: str | Path, images: np.ndarray, labels: np.ndarray, classes=CLASS_NAMES,
+                  fractions=DEFAULT_FRACTIONS, seed: int = 0) -> None:
+    """Write images ``[N, C, H, W]`` uint8, labels ``[N]`` and their stratified split
+    atomically in edgempi's layout."""
     n, c, h, w = images.shape
+    split = stratified_split(labels, fractions, seed)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("images", data=images.astype(np.uint8), chunks=(1, c, h, w))
         f.create_dataset("labels", data=labels.astype(np.int64))
+        f.create_dataset("split", data=split)
+        f["split"].attrs.update(names=list(SPLITS), fractions=list(fractions), seed=seed)
         f.attrs["classes"] = list(classes)
 
 
-def convert(folder: str | Path, out: str | Path) -> int:
-    """Convert a NEU-CLS folder (``Cr_1.bmp`` ...) into edgempi's HDF5; returns the image count."""
+def convert(folder: str | Path, out: str | Path, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> int:
+    """Convert a NEU-CLS folder (``Cr_1.bmp`` ...) into edgempi's HDF5 with its split; returns the
+    image count."""
     from PIL import Image
 
     folder = Path(folder)
@@ -70,7 +95,8 @@ def convert(folder: str | Path, out: str | Path) -> int:
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise DataError(f"images in '{folder}' differ in size: {sorted(shapes)}")
-    write_dataset(out, np.stack(images)[:, None], np.array([label for label, _, _ in found]))
+    write_dataset(out, np.stack(images)[:, None], np.array([label for label, _, _ in found]), CLASS_NAMES,
+                  fractions, seed)
     return len(found)
 
 
@@ -104,14 +130,14 @@ def synth_image(label: int, rng: np.random.Generator, size: int = 200) -> np.nda
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synth(out: str | Path, n: int, seed: int = 0, size: int = 200) -> None:
-    """Write ``n`` deterministic synthetic NEU-like images, classes in turn."""
+def synth(out: str | Path, n: int, seed: int = 0, size: int = 200, fractions=DEFAULT_FRACTIONS) -> None:
+    """Write ``n`` deterministic synthetic NEU-like images, classes in turn, with their split."""
     if n < 1:
         raise DataError("--n must be at least 1")
     labels = np.arange(n) % len(CLASS_NAMES)
     images = np.stack([synth_image(int(label), np.random.default_rng([seed, i]), size)
                        for i, label in enumerate(labels)])
-    write_dataset(out, images[:, None], labels)
+    write_dataset(out, images[:, None], labels, CLASS_NAMES, fractions, seed)
 
 
 class ImageSet:
@@ -144,10 +170,30 @@ class ImageSet:
         self.classes = [str(c) for c in self.file.attrs.get("classes", [])]
         self.mean, self.std = mean, std
 
+    def indices(self, split: str | None) -> np.ndarray:
+        """Sorted indices of the images in ``split`` (all images for None)."""
+        if split is None:
+            return np.arange(self.count)
+        if split not in SPLITS:
+            raise DataError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+        if "split" not in self.file:
+            raise DataError(f"'{self.file.filename}' has no 'split' dataset (convert it again with this version)")
+        split_of = self.file["split"][:]
+        if split_of.shape != (self.count,):
+            raise DataError(f"'{self.file.filename}' split must have one entry per image, not {split_of.shape}")
+        return np.flatnonzero(split_of == SPLITS.index(split))
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> the model's float32 input."""
+        return (torch.as_tensor(images).float() / 255 - self.mean) / self.std
+
     def read(self, start: int, stop: int, rows: tuple[int, int]) -> torch.Tensor:
         """Images ``start..stop``, rows ``rows`` only (an HDF5 hyperslab), preprocessed to float32."""
-        slab = self.images[start:stop, :, rows[0]:rows[1], :]
-        return (torch.from_numpy(slab).float() / 255 - self.mean) / self.std
+        return self.preprocess(self.images[start:stop, :, rows[0]:rows[1], :])
+
+    def read_indices(self, indices: np.ndarray, rows: tuple[int, int]) -> torch.Tensor:
+        """Images at sorted ``indices``, rows ``rows`` only, preprocessed to float32."""
+        return self.preprocess(self.images[np.asarray(indices), :, rows[0]:rows[1], :])
 
     def close(self) -> None:
         self.file.close()
@@ -162,16 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     syn = sub.add_parser("synth", help="deterministic synthetic NEU-like HDF5")
     syn.add_argument("out")
     syn.add_argument("--n", type=int, default=60)
-    syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--size", type=int, default=200)
+    for sub_parser in (conv, syn):
+        sub_parser.add_argument("--split", default="70/10/20", help="train/val/test percent per class (70/10/20)")
+        sub_parser.add_argument("--seed", type=int, default=0, help="seed of the split (and synthetic images)")
     args = parser.parse_args(argv)
 
     def run() -> int | None:
+        parts = args.split.split("/")
+        if len(parts) != 3 or not all(p.replace(".", "", 1).isdigit() for p in parts):
+            raise DataError(f"--split must be three percentages like 70/10/20, not '{args.split}'")
+        fractions = tuple(float(p) / 100 for p in parts)
         if args.command == "convert":
-            count = convert(args.folder, args.out)
+            count = convert(args.folder, args.out, fractions, args.seed)
             print(f"wrote {count} images to {args.out}")
         else:
-            synth(args.out, args.n, args.seed, args.size)
+            synth(args.out, args.n, args.seed, args.size, fractions)
             print(f"wrote {args.n} synthetic images to {args.out}")
 
     return exit_status(run)

@@ -54,7 +54,8 @@ class Job:
 
 
 def _model(config: Config, with_head: bool) -> torch.nn.Module:
-    model = build_model(config.model, config.in_channels, config.num_classes, config.seed, with_head)
+    model = build_model(config.model, config.in_channels, config.num_classes, config.seed, with_head,
+                        config.reduction)
     if config.weights:
         load_weights(model, config.weights)
     return model

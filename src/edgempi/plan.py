@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int | None:
         config = load_config(args.config, strategy=args.strategy, fusion=args.fusion)
         with torch.device("meta"):  # shapes only: no weights are drawn
-            model = build_model(config.model, config.in_channels, config.num_classes)
+            model = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
         stages = trunk_stages(model)
         image = (config.in_channels, *args.image)
         trunk = trunk_geometry(config.model, stages, image, 1)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .comm import HaloExchange, stream_to_root
+from .comm import HaloExchange, MapSums, stream_to_root
 from .geometry import Rows, is_empty
 from .head import StreamingHead
 from .planner import Plan
-from .stages import run_rows, stage_heights, trunk_stages
+from .stages import reduction_owners, reduction_points, run_rows, stage_heights, trunk_stages
 
 
 def nhwc(model: nn.Module) -> nn.Module:
@@ -53,11 +53,19 @@ class Runtime:
         blocks = plan.blocks
         self.exchanges = [HaloExchange(comm, before.rows, after.needs, index, poll_s)
                           for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
+        self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
         if self.is_classifier and head is None:
             head = StreamingHead(model, last.out_channels, last.out_height, last.out_width)
         self.head = head if self.is_classifier else None
         self.timings = Timings.empty(len(blocks))
+
+    def _map_sums(self, block) -> MapSums:
+        """The block's global reductions: which rows of each reduced map this rank adds up."""
+        stages, heights = self.stages[block.first:block.end], self.heights[block.first:block.end + 1]
+        held = [reduction_points(stages, heights, rows) for rows in block.rows]
+        channels = next(([c for _, _, c in points] for points in held if points), [])
+        return MapSums(self.comm, reduction_owners(held)[self.rank], channels, self.poll_s)
 
     @property
     def input_rows(self) -> Rows:
@@ -77,11 +85,14 @@ class Runtime:
         for index, block in enumerate(blocks):
             rows = block.rows[self.rank]
             start = time.perf_counter()
-            out = None
+            out, sums = None, self.map_sums[index]
+            sums.reset()
             if not is_empty(rows):
                 x = x.contiguous(memory_format=torch.channels_last)
                 stages = self.stages[block.first:block.end]
-                out = run_rows(stages, self.heights[block.first:block.end + 1], x, block.needs[self.rank][0], rows)
+                out = run_rows(stages, self.heights[block.first:block.end + 1], x, block.needs[self.rank][0], rows,
+                               sums)
+            sums.idle(batch)
             timings.compute_s[index] += time.perf_counter() - start
             if index < len(self.exchanges):
                 start = time.perf_counter()

@@ -3,19 +3,30 @@
 Every stage knows its row geometry and computes any range of its output rows from a
 tensor that holds (at least) the input rows that range needs, given the tensor's global
 row offset. Padding is added only where a window reaches past the true image border.
+
+A global operation inside the trunk (a channel attention's mean over the whole map) asks a
+``Reduce`` for the sum over the whole map: alone, the stage sums the rows it holds (all of
+them); in a distributed run, each rank sums only the rows it owns and the ranks add up.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import Rows, Window, union
+from .geometry import Rows, Window, is_empty, union
 
+Reduce = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def whole_map_sum(x: torch.Tensor, x_lo: int) -> torch.Tensor:
+    """Per image and channel, the sum over ``x``, which holds every row of its map."""
+    return x.sum(dim=(2, 3))
 
 
 def _pair(value) -> tuple:
@@ -36,6 +47,8 @@ def _windows(layer: nn.Module) -> tuple[Window, Window]:
 
 class LayerStage:
     """One conv / max-pool / avg-pool (or identity) followed by pointwise modules (BN, ReLU)."""
+
+    reductions = 0
 
     def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
         self.name, self.layer, self.post = name, layer, list(post)
@@ -62,7 +75,12 @@ class LayerStage:
             per_output *= channels // self.layer.groups
         return self.out_size(height) * self.out_width(width) * self.out_channels(channels) * per_output
 
-    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows) -> torch.Tensor:
+    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+        """Per global reduction met while computing ``out_rows``: (rows held, map height, channels)."""
+        return []
+
+    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
+                reduce: Reduce = whole_map_sum) -> torch.Tensor:
         lo, hi = self.rows_needed(out_rows, n_in)
         x = x[:, :, lo - x_lo:hi - x_lo]
         top, bottom = self.rows.border_padding(out_rows, n_in)
@@ -90,59 +108,120 @@ class LayerStage:
         return layer(x)
 
 
+class AttentionStage:
+    """Squeeze-and-excitation: rows pass through, scaled by channel weights computed from the
+    mean of the whole map (one global reduction)."""
+
+    reductions = 1
+    boundary_after = False
+
+    def __init__(self, name: str, module: nn.Module):
+        self.name, self.module = name, module
+        self.rows, self.cols = Window(), Window()
+        self.channels = module.fc1.in_channels
+
+    def out_size(self, n_in: int) -> int:
+        return n_in
+
+    def out_width(self, width: int) -> int:
+        return width
+
+    def out_channels(self, channels: int) -> int:
+        return channels
+
+    def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
+        return out_rows
+
+    def macs(self, channels: int, height: int, width: int) -> int:
+        """The mean and the scaling (the two small 1x1 convs are negligible)."""
+        return 2 * channels * height * width
+
+    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+        return [(out_rows, n_in, self.channels)]
+
+    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
+                reduce: Reduce = whole_map_sum) -> torch.Tensor:
+        mean = reduce(x, x_lo) / (n_in * x.shape[-1])
+        scale = self.module.channel_scale(mean[:, :, None, None])
+        return x[:, :, out_rows[0] - x_lo:out_rows[1] - x_lo] * scale
+
+
+def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[LayerStage | AttentionStage]:
+    """A 3x3 conv as one stage, or a ``CompactConv`` as its four (``post`` after the last)."""
+    from .models import CompactConv
+
+    if not isinstance(module, CompactConv):
+        return [LayerStage(name, module, post)]
+    return [LayerStage(f"{name}.reduce", module.reduce, [module.reduce_bn, module.relu]),
+            LayerStage(f"{name}.conv", module.conv, [module.conv_bn, module.relu]),
+            AttentionStage(f"{name}.attention", module.attention),
+            LayerStage(f"{name}.expand", module.expand, post)]
+
+
 class ResidualStage:
-    """A torchvision BasicBlock: two 3x3 convs plus an identity or 1x1 downsample shortcut."""
+    """A torchvision BasicBlock: a main path of stages (two 3x3 convs, or two compact units)
+    plus an identity or 1x1 downsample shortcut."""
 
     def __init__(self, name: str, block: nn.Module, boundary_after: bool = False):
         self.name, self.boundary_after = name, boundary_after
-        self.conv1 = LayerStage(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
-        self.conv2 = LayerStage(f"{name}.conv2", block.conv2, [block.bn2])
+        self.main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
+                     + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
         down = block.downsample
         self.shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
+        self.reductions = sum(stage.reductions for stage in self.main)
+
+    def _heights(self, n_in: int) -> list[int]:
+        return stage_heights(self.main, n_in)
 
     def out_size(self, n_in: int) -> int:
-        return self.conv2.out_size(self.conv1.out_size(n_in))
+        return self._heights(n_in)[-1]
 
     def out_width(self, width: int) -> int:
-        return self.conv2.out_width(self.conv1.out_width(width))
+        for stage in self.main:
+            width = stage.out_width(width)
+        return width
 
     def out_channels(self, channels: int) -> int:
-        return self.conv2.out_channels(channels)
+        for stage in self.main:
+            channels = stage.out_channels(channels)
+        return channels
 
     def macs(self, channels: int, height: int, width: int) -> int:
-        mid = (self.conv1.out_channels(channels), self.conv1.out_size(height), self.conv1.out_width(width))
-        return (self.conv1.macs(channels, height, width) + self.conv2.macs(*mid)
-                + self.shortcut.macs(channels, height, width))
-
-    def _mid_rows(self, out_rows: Rows, n_in: int) -> Rows:
-        return self.conv2.rows_needed(out_rows, self.conv1.out_size(n_in))
+        total = self.shortcut.macs(channels, height, width)
+        for stage in self.main:
+            total += stage.macs(channels, height, width)
+            channels, height, width = stage.out_channels(channels), stage.out_size(height), stage.out_width(width)
+        return total
 
     def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
-        main = self.conv1.rows_needed(self._mid_rows(out_rows, n_in), n_in)
+        main = rows_through(self.main, self._heights(n_in), out_rows)[0]
         return union(main, self.shortcut.rows_needed(out_rows, n_in))
 
-    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows) -> torch.Tensor:
-        mid_rows = self._mid_rows(out_rows, n_in)
-        mid = self.conv1.forward(x, x_lo, n_in, mid_rows)
-        out = self.conv2.forward(mid, mid_rows[0], self.conv1.out_size(n_in), out_rows)
+    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+        return reduction_points(self.main, self._heights(n_in), out_rows)
+
+    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
+                reduce: Reduce = whole_map_sum) -> torch.Tensor:
+        out = run_rows(self.main, self._heights(n_in), x, x_lo, out_rows, reduce)
         return F.relu(out + self.shortcut.forward(x, x_lo, n_in, out_rows))
 
 
-Stage = LayerStage | ResidualStage
+Stage = LayerStage | AttentionStage | ResidualStage
 
 
 def trunk_stages(model: nn.Module) -> list[Stage]:
     """The model's trunk (everything before the head) as stages; pools and residual blocks
     have ``boundary_after`` set (the natural fusion points: a residual block's halo grows by
     two rows per 3x3 conv, so fusing whole residual layers recomputes most of a late map)."""
-    from .models import VGG, ResNet
+    from .models import VGG, CompactConv, ResNet
 
     if isinstance(model, VGG):
         stages: list[Stage] = []
         for index, module in enumerate(model.features):
-            if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                pool = not isinstance(module, nn.Conv2d)
-                stages.append(LayerStage(f"features.{index}", module, boundary_after=pool))
+            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+                stages.append(LayerStage(f"features.{index}", module, boundary_after=True))
+            elif isinstance(module, (nn.Conv2d, CompactConv)):
+                stages += unit_stages(f"features.{index}", module, [])
             else:
                 stages[-1].post.append(module)
         return stages
@@ -180,18 +259,54 @@ def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> lis
     """Rows each stage of a run needs, given the rows its last stage must produce.
 
     ``heights`` are the stages' input heights followed by the run's output height;
-    returns ``len(stages) + 1`` ranges, the run's input rows first.
+    returns ``len(stages) + 1`` ranges, the run's input rows first. A run that ends at the
+    bottom of its output computes every map down to its bottom (rows a floor-mode stride
+    drops still count in a global mean).
     """
     ranges = [out_rows]
     for stage, n_in in zip(reversed(stages), reversed(heights[:-1])):
         ranges.append(stage.rows_needed(ranges[-1], n_in))
+    if not is_empty(out_rows) and out_rows[1] == heights[-1]:
+        ranges = [(lo, height) for (lo, _), height in zip(ranges, heights[::-1])]
     return ranges[::-1]
 
 
-def run_rows(stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int, out_rows: Rows) -> torch.Tensor:
+def run_rows(stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int, out_rows: Rows,
+             reduce: Reduce = whole_map_sum) -> torch.Tensor:
     """Compute the non-empty ``out_rows`` of a run of stages from ``x``, which holds rows ``x_lo...``."""
     ranges = rows_through(stages, heights, out_rows)
     for stage, n_in, rows in zip(stages, heights, ranges[1:]):
-        x = stage.forward(x, x_lo, n_in, rows)
+        x = stage.forward(x, x_lo, n_in, rows, reduce)
         x_lo = rows[0]
     return x
+
+
+def reduction_points(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[tuple[Rows, int, int]]:
+    """In the order a run meets them, its global reductions: (rows of the map it holds, the map's
+    height, channels)."""
+    if is_empty(out_rows):
+        return []
+    ranges = rows_through(stages, heights, out_rows)
+    return [point for stage, n_in, rows in zip(stages, heights, ranges[1:])
+            for point in stage.reduction_points(rows, n_in)]
+
+
+def reduction_owners(held: list[list[tuple[Rows, int, int]]]) -> list[list[Rows]]:
+    """Per rank and reduction, the rows whose sum it contributes: together the ranks cover each
+    map exactly once. ``held[rank]`` are its ``reduction_points`` (empty for an idle rank)."""
+    counts = {len(points) for points in held if points}
+    if len(counts) > 1:
+        raise ValueError("ranks meet different numbers of global reductions")
+    count = counts.pop() if counts else 0
+    owners = [[(0, 0)] * count for _ in held]
+    for j in range(count):
+        cursor, height = 0, None
+        for rank in sorted((k for k, points in enumerate(held) if points), key=lambda k: held[k][j][0]):
+            (lo, hi), height, _ = held[rank][j]
+            if lo > cursor:
+                raise ValueError(f"rows {cursor}..{lo} of a globally reduced map are computed by no rank")
+            owners[rank][j] = (cursor, max(cursor, hi))
+            cursor = max(cursor, hi)
+        if height is not None and cursor != height:
+            raise ValueError(f"rows {cursor}..{height} of a globally reduced map are computed by no rank")
+    return owners

@@ -6,7 +6,7 @@ run covers every size. All ranks then agree on the verdict, so a failure is seen
 
 import pytest
 import torch
-from helpers import assert_parity, images, plan_for, realistic_model
+from helpers import assert_parity, float_noise, images, plan_for, realistic_model
 from mpi4py import MPI
 
 from edgempi.comm import HaloExchange, JobError, collectively, stream_to_root
@@ -47,7 +47,7 @@ def on_ranks(size: int, work) -> None:
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
-@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet34", "vgg16_compact", "resnet34_compact"])
 def test_distributed_logits_equal_plain_torch(name, size, case):
     speeds, batch, (height, width), strategy, fusion, classifier = CASES[case]
     check_parity(name, size, speeds, batch, (height, width), strategy, fusion, classifier)
@@ -64,6 +64,49 @@ def test_every_strategy_and_fusion_keeps_the_answer(name, size, strategy, fusion
                  bandwidth_Bps=[2e6, 1e6, 2e6, 5e5][:size], latency_s=[1e-3] * size)
 
 
+class StripSums:
+    """The attention computed per strip: each rank sums only the rows it holds, alone."""
+
+    calls = 0
+
+    def __call__(self, x, x_lo):
+        return x.sum(dim=(2, 3))
+
+    def reset(self):
+        pass
+
+    def idle(self, batch):
+        pass
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("name", ["vgg11_compact", "resnet18_compact"])
+def test_compact_attention_adds_up_every_rank_partial_sums(name):
+    """The attention's mean is one Allreduce per attention layer over the whole map; the same
+    run with each rank's own strip mean instead (EdgeDI's published code) gives other logits."""
+    from edgempi.stages import trunk_stages
+
+    model, size, shape = realistic_model(name), 2, (64, 48)
+    attentions = sum(stage.reductions for stage in trunk_stages(model))
+
+    def work(comm):
+        plan = plan_for(name, model, (1, *shape), [1, 1], "equal", "pool")
+        x = images(1, *shape, seed=7)
+        rows = plan.blocks[0].needs[comm.rank]
+        runtime = Runtime(comm, model, plan)
+        with torch.inference_mode():
+            logits = runtime.forward(x[:, :, rows[0]:rows[1]], 1)
+            assert sum(sums.calls for sums in runtime.map_sums) == attentions > 0
+            runtime.map_sums = [StripSums() for _ in runtime.map_sums]
+            per_strip = runtime.forward(x[:, :, rows[0]:rows[1]], 1)
+            if comm.rank == plan.classifier_rank:
+                noise = float_noise(model, x)
+                assert_parity(logits, model(x), noise)
+                assert (per_strip - logits).abs().max() > 100 * max(noise, 1e-5)
+
+    on_ranks(size, work)
+
+
 def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, **cluster):
     height, width = shape
     model = realistic_model(name)
@@ -77,7 +120,7 @@ def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier,
         with torch.inference_mode():
             logits = runtime.forward(None if is_empty(rows) else x[:, :, rows[0]:rows[1]], batch)
             if comm.rank == plan.classifier_rank:
-                assert_parity(logits, model(x))
+                assert_parity(logits, model(x), float_noise(model, x))
             else:
                 assert logits is None
 

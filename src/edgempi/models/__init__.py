@@ -1,4 +1,5 @@
-"""Model zoo: VGG and ResNet families with torchvision's module names and state_dict keys."""
+"""Model zoo: VGG and ResNet families with torchvision's module names and state_dict keys,
+and their compact variants (``*_compact``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import torch
 from torch import nn
 
 from ..errors import EdgempiError
+from .compact import DEFAULT_REDUCTION, CompactConv, SqueezeExcitation
 from .resnet import LAYERS, ResNet, init_resnet_, resnet
 from .vgg import CONFIGS, VGG, init_vgg_, vgg
 
-MODEL_NAMES = sorted([*CONFIGS, *(f"{n}_bn" for n in CONFIGS), *LAYERS])
+MODEL_NAMES = sorted([*CONFIGS, *(f"{n}_bn" for n in CONFIGS), *LAYERS,
+                      *(f"{n}_compact" for n in [*CONFIGS, *LAYERS])])
 
 
 class ModelError(EdgempiError):
@@ -19,8 +22,9 @@ class ModelError(EdgempiError):
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 6, seed: int = 0,
-                with_head: bool = True) -> nn.Module:
-    """Build ``name`` in eval mode with weights drawn from ``seed``.
+                with_head: bool = True, reduction: int = DEFAULT_REDUCTION) -> nn.Module:
+    """Build ``name`` in eval mode with weights drawn from ``seed`` (``reduction``: the channel
+    reduction ratio of a compact variant).
 
     Trunk and head draw from separate generators, so a rank built without the head
     holds exactly the same trunk weights as the classifier rank.
@@ -29,11 +33,13 @@ def build_model(name: str, in_channels: int = 1, num_classes: int = 6, seed: int
         raise ModelError(f"unknown model '{name}' (choose from {', '.join(MODEL_NAMES)})")
     trunk_gen = torch.Generator().manual_seed(seed)
     head_gen = torch.Generator().manual_seed(seed + 1)
-    if name in LAYERS:
-        model = resnet(name, in_channels, num_classes, with_head)
+    if reduction < 1:
+        raise ModelError(f"the reduction ratio must be at least 1, not {reduction}")
+    if name.startswith("resnet"):
+        model = resnet(name, in_channels, num_classes, with_head, reduction)
         init_resnet_(model, trunk_gen, head_gen)
     else:
-        model = vgg(name, in_channels, num_classes, with_head)
+        model = vgg(name, in_channels, num_classes, with_head, reduction)
         init_vgg_(model, trunk_gen, head_gen)
     return model.eval()
 
@@ -64,4 +70,5 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(wanted, strict=True)
 
 
-__all__ = ["MODEL_NAMES", "ModelError", "ResNet", "VGG", "build_model", "load_weights"]
+__all__ = ["MODEL_NAMES", "CompactConv", "ModelError", "ResNet", "SqueezeExcitation", "VGG", "build_model",
+           "load_weights"]

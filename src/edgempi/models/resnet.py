@@ -1,20 +1,29 @@
-"""ResNet-18/34 with torchvision's module names (conv1, bn1, layerK.J.convI, downsample, fc)."""
+"""ResNet-18/34 with torchvision's module names (conv1, bn1, layerK.J.convI, downsample, fc);
+``_compact`` puts a ``CompactConv`` in place of each 3x3 conv of the basic blocks."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .compact import CompactConv
+
 LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 
+def conv3x3(in_planes: int, planes: int, stride: int, reduction: int | None) -> nn.Module:
+    if reduction:
+        return CompactConv(in_planes, planes, stride, reduction)
+    return nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, reduction: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = conv3x3(in_planes, planes, stride, reduction)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = conv3x3(planes, planes, 1, reduction)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or in_planes != planes:
@@ -34,7 +43,8 @@ class ResNet(nn.Module):
 
     head_prefixes = ("fc.",)
 
-    def __init__(self, layers: list[int], in_channels: int, num_classes: int, with_head: bool = True):
+    def __init__(self, layers: list[int], in_channels: int, num_classes: int, with_head: bool = True,
+                 reduction: int | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -44,8 +54,8 @@ class ResNet(nn.Module):
         for index, count in enumerate(layers):
             out_planes = 64 * 2**index
             stride = 1 if index == 0 else 2
-            blocks = [BasicBlock(planes, out_planes, stride)]
-            blocks += [BasicBlock(out_planes, out_planes) for _ in range(count - 1)]
+            blocks = [BasicBlock(planes, out_planes, stride, reduction)]
+            blocks += [BasicBlock(out_planes, out_planes, 1, reduction) for _ in range(count - 1)]
             stages.append(nn.Sequential(*blocks))
             planes = out_planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -72,6 +82,8 @@ def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Gene
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=trunk_gen)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -81,5 +93,6 @@ def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Gene
         nn.init.uniform_(model.fc.bias, -bound, bound, generator=head_gen)
 
 
-def resnet(name: str, in_channels: int, num_classes: int, with_head: bool = True) -> ResNet:
-    return ResNet(LAYERS[name], in_channels, num_classes, with_head)
+def resnet(name: str, in_channels: int, num_classes: int, with_head: bool = True, reduction: int = 4) -> ResNet:
+    base, _, variant = name.partition("_")
+    return ResNet(LAYERS[base], in_channels, num_classes, with_head, reduction if variant == "compact" else None)

@@ -1,9 +1,12 @@
-"""VGG family with torchvision's module names (features.N, avgpool, classifier.N)."""
+"""VGG family with torchvision's module names (features.N, avgpool, classifier.N); ``_bn`` adds
+batch norm, ``_compact`` (always with batch norm) puts a ``CompactConv`` in place of each 3x3 conv."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .compact import CompactConv
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -14,15 +17,18 @@ CONFIGS = {
 }
 
 
-def make_features(config: list, in_channels: int, batch_norm: bool) -> nn.Sequential:
+def make_features(config: list, in_channels: int, batch_norm: bool, reduction: int | None = None) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = in_channels
     for item in config:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
-        layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
-        if batch_norm:
+        if reduction:
+            layers.append(CompactConv(channels, item, reduction=reduction))
+        else:
+            layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
+        if batch_norm or reduction:
             layers.append(nn.BatchNorm2d(item))
         layers.append(nn.ReLU(inplace=True))
         channels = item
@@ -65,7 +71,8 @@ def init_vgg_(model: VGG, trunk_gen: torch.Generator, head_gen: torch.Generator)
     for m in model.features.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=trunk_gen)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -76,6 +83,7 @@ def init_vgg_(model: VGG, trunk_gen: torch.Generator, head_gen: torch.Generator)
                 nn.init.zeros_(m.bias)
 
 
-def vgg(name: str, in_channels: int, num_classes: int, with_head: bool = True) -> VGG:
-    base, batch_norm = (name[:-3], True) if name.endswith("_bn") else (name, False)
-    return VGG(make_features(CONFIGS[base], in_channels, batch_norm), num_classes, with_head)
+def vgg(name: str, in_channels: int, num_classes: int, with_head: bool = True, reduction: int = 4) -> VGG:
+    base, variant = (name.split("_", 1) + [""])[:2]
+    features = make_features(CONFIGS[base], in_channels, variant == "bn", reduction if variant == "compact" else None)
+    return VGG(features, num_classes, with_head)

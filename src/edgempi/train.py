@@ -1,0 +1,177 @@
+"""Train a model on the ``train`` split of an edgempi HDF5 file; select on ``val`` only.
+
+    python -m edgempi.train --config configs/resnet34_compact.yaml --data data/neu-cls.h5 --out data/w.pt
+
+Plain PyTorch training (AdamW, one-cycle learning rate, random flips), on a CUDA device when
+there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
+from it; ``OUT`` holds the weights of the epoch with the best validation accuracy, ``OUT.json``
+the history. Under ``mpirun -np N`` the ranks train data-parallel (gradients averaged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import load_config
+from .data import ImageSet, atomic_path
+from .errors import EdgempiError, exit_status
+from .models import build_model
+
+
+class TrainError(EdgempiError):
+    """Training that cannot start."""
+
+
+def load_split(data: ImageSet, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of ``split`` (uint8, in memory) and their labels."""
+    if data.labels is None:
+        raise TrainError(f"'{data.file.filename}' has no labels to train on")
+    indices = data.indices(split)[:limit]
+    if len(indices) == 0:
+        raise TrainError(f"the '{split}' split of '{data.file.filename}' is empty")
+    return torch.from_numpy(data.images[indices]), torch.from_numpy(data.labels[indices])
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal and vertical flips per image (steel defects have no up or left)."""
+    for dim in (2, 3):
+        flip = torch.rand(len(images), generator=generator) < 0.5
+        images[flip] = images[flip].flip(dim)
+    return images
+
+
+def evaluate_split(model, images, labels, preprocess, device, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` in eval mode."""
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = preprocess(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
+            y = labels[start:start + batch_size].to(device)
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(images), correct / len(images)
+
+
+def save_atomic(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def train(args, comm=None) -> dict:
+    rank, size = (comm.rank, comm.size) if comm else (0, 1)
+    config = load_config(args.config, model=args.model, data=args.data, seed=args.seed)
+    torch.manual_seed(config.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size < size:
+        raise TrainError(f"--batch-size {args.batch_size} is smaller than the {size} ranks sharing each batch")
+    data = ImageSet(config.data, config.in_channels, config.mean, config.std)
+    train_x, train_y = load_split(data, "train", args.limit)
+    val_x, val_y = load_split(data, "val", args.limit)
+    model = build_model(config.model, config.in_channels, config.num_classes, config.seed,
+                        reduction=config.reduction).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = -(-len(train_x) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
+    out, ckpt = Path(args.out), Path(f"{args.out}.ckpt")
+    history, best, epoch0 = [], None, 0
+    generator = torch.Generator().manual_seed(config.seed)
+    if args.resume:
+        if not ckpt.is_file():
+            raise TrainError(f"no checkpoint '{ckpt}' to resume from")
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        history, best, epoch0 = state["history"], state["best"], state["epoch"]
+    if comm is not None:
+        from .comm.gradients import broadcast_parameters
+
+        broadcast_parameters(comm, model)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    if rank == 0:
+        print(f"training {config.model} on {len(train_x)} images ({size} rank(s), {where}); "
+              f"{len(val_x)} for validation", file=sys.stderr)
+    for epoch in range(epoch0, args.epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        losses, start = [], time.perf_counter()
+        batches = range(0, len(order), args.batch_size)
+        for first in tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False):
+            pick = order[first:first + args.batch_size][rank::size]
+            x = data.preprocess(augment(train_x[pick].clone(), generator)).to(device, memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), train_y[pick].to(device))
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            if comm is not None:
+                from .comm.gradients import average_gradients
+
+                average_gradients(comm, model)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        val_loss, val_acc = evaluate_split(model, val_x, val_y, data.preprocess, device, args.batch_size)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                  "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
+        history.append(record)
+        improved = best is None or (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
+        if improved:
+            best = record
+        if rank == 0:
+            if improved:
+                save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out)
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                         "history": history, "best": best, "epoch": epoch + 1}, ckpt)
+            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                  f"val accuracy {100 * val_acc:.2f}%{' (best)' if improved else ''}, {record['seconds']:.0f} s",
+                  file=sys.stderr)
+    summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
+               "ranks": size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "best": best, "history": history}
+    if rank == 0:
+        with atomic_path(f"{args.out}.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    data.close()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgempi.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML config (model, reduction, normalisation)")
+    parser.add_argument("--model", help="override the config's model")
+    parser.add_argument("--data", help="edgempi HDF5 with a split")
+    parser.add_argument("--out", required=True, help="best weights (state_dict); OUT.ckpt and OUT.json beside")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each split")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT.ckpt")
+    args = parser.parse_args(argv)
+    comm = None
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) > 1:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    return exit_status(lambda: train(args, comm) and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
