@@ -127,3 +127,45 @@ def test_cli_reports_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("edgempi: error:")
     assert main(["synth", str(tmp_path / "s.h5"), "--n", "3"]) == 0
     assert (tmp_path / "s.h5").exists()
+
+
+def test_split_is_deterministic_and_stratified(tmp_path):
+    from edgempi.data import stratified_split
+
+    labels = np.repeat(np.arange(6), 50)
+    split = stratified_split(labels, (0.7, 0.1, 0.2), seed=4)
+    assert np.array_equal(split, stratified_split(labels, (0.7, 0.1, 0.2), seed=4))
+    assert not np.array_equal(split, stratified_split(labels, (0.7, 0.1, 0.2), seed=5))
+    for label in range(6):
+        assert np.bincount(split[labels == label], minlength=3).tolist() == [35, 5, 10]
+    synth(tmp_path / "s.h5", 60, seed=2)
+    data = ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25)
+    parts = [data.indices(name) for name in ("train", "val", "test")]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(60))
+    assert [len(p) for p in parts] == [42, 6, 12]
+    assert all(np.all(np.diff(p) > 0) for p in parts)
+    with pytest.raises(DataError, match="unknown split"):
+        data.indices("holdout")
+    with pytest.raises(DataError, match="summing to 1"):
+        stratified_split(labels, (0.5, 0.1, 0.1))
+
+
+def test_split_percentages_from_the_cli(tmp_path):
+    assert main(["synth", str(tmp_path / "s.h5"), "--n", "60", "--split", "50/25/25"]) == 0
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert np.bincount(f["split"][:]).tolist() == [30, 12, 18]  # per class 5, round(2.5), 3
+        assert list(f["split"].attrs["names"]) == ["train", "val", "test"]
+    assert main(["synth", str(tmp_path / "t.h5"), "--split", "70-10-20"]) == 2
+
+
+@pytest.mark.skipif(not REAL_NEU.is_dir(), reason="the real NEU-CLS folder is not beside the repository")
+def test_real_neu_cls_split_sizes(tmp_path):
+    folder = tmp_path / "subset"
+    folder.mkdir()
+    for prefix in CLASS_PREFIXES:
+        for index in range(1, 21):
+            (folder / f"{prefix}_{index}.bmp").symlink_to(REAL_NEU / f"{prefix}_{index}.bmp")
+    convert(folder, tmp_path / "real.h5")
+    data = ImageSet(tmp_path / "real.h5", 1, 0.5, 0.25)
+    for name, per_class in (("train", 14), ("val", 2), ("test", 4)):
+        assert np.bincount(data.labels[data.indices(name)]).tolist() == [per_class] * 6

@@ -70,3 +70,52 @@ def test_load_weights_round_trip_and_errors(tmp_path):
         load_weights(headless, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="unknown model"):
         build_model("alexnet")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+def test_compact_variants_need_at_least_4x_fewer_flops(name):
+    from edgempi.models.__main__ import summary_row
+
+    full, compact = summary_row(name), summary_row(f"{name}_compact")
+    assert compact["flops"] * 4 <= full["flops"]
+    assert compact["params"] < full["params"]
+    assert summary_row(f"{name}_compact", reduction=2)["flops"] > compact["flops"]
+
+
+def test_compact_unit_names_and_shapes():
+    model = build_model("resnet34_compact", reduction=4)
+    state = model.state_dict()
+    assert state["layer1.0.conv1.reduce.weight"].shape == (16, 64, 1, 1)
+    assert state["layer2.0.conv1.conv.weight"].shape == (32, 32, 3, 3)
+    assert state["layer2.0.conv1.attention.fc1.weight"].shape == (8, 32, 1, 1)
+    assert state["layer4.2.conv2.expand.weight"].shape == (512, 128, 1, 1)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (2, 6)
+    with pytest.raises(ModelError, match="reduction ratio"):
+        build_model("vgg16_compact", reduction=0)
+
+
+def test_attention_stage_sums_only_what_its_reduce_gives():
+    """Alone, a compact trunk's stages equal torch; the attention asks ``reduce`` for the map's sums."""
+    from edgempi.stages import AttentionStage, run_rows
+
+    model = build_model("vgg11_compact", seed=2)
+    stages = trunk_stages(model)
+    heights = stage_heights(stages, 40)
+    x = torch.randn(1, 1, 40, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(run_rows(stages, heights, x, 0, (0, heights[-1])), model.trunk(x))
+        attention = next(s for s in stages if isinstance(s, AttentionStage))
+        y = torch.rand(1, attention.channels, 10, 8)
+        halves = attention.forward(y, 0, 10, (0, 10), reduce=lambda t, lo: t.sum((2, 3)) / 2)
+        assert not torch.allclose(halves, attention.module(y))
+        torch.testing.assert_close(attention.forward(y, 0, 10, (0, 10)), attention.module(y))
+
+
+def test_summary_cli_lists_every_model(capsys):
+    from edgempi.models.__main__ import main
+
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in out for name in MODEL_NAMES)

@@ -7,16 +7,18 @@ import sys
 import traceback
 
 import h5py
+import numpy as np
 from mpi4py import MPI
 
 from .comm import JobError, collectively
-from .config import load_config
+from .config import Config, load_config
 from .data import atomic_path
 from .job import RankParser, prepare, run, summarize
 
 
-def parser(rank: int) -> RankParser:
-    p = RankParser(prog="python -m edgempi.infer", description=__doc__, rank=rank)
+def job_parser(prog: str, description: str, rank: int) -> RankParser:
+    """The options every distributed job takes (infer, evaluate)."""
+    p = RankParser(prog=prog, description=description, rank=rank)
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--data", help="HDF5 file of images (python -m edgempi.data)")
     p.add_argument("--weights", help="state_dict file; default: weights drawn from the config's seed")
@@ -27,8 +29,19 @@ def parser(rank: int) -> RankParser:
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
-    p.add_argument("--output", help="HDF5 with logits, predictions, indices")
     p.add_argument("--report", help="JSON report")
+    return p
+
+
+def job_config(args) -> Config:
+    return load_config(args.config, data=args.data, weights=args.weights, batch_size=args.batch_size,
+                       limit=args.limit, strategy=args.strategy, fusion=args.fusion, profile=args.profile,
+                       threads=args.threads, poll_us=args.poll_us)
+
+
+def parser(rank: int) -> RankParser:
+    p = job_parser("python -m edgempi.infer", __doc__, rank)
+    p.add_argument("--output", help="HDF5 with logits, predictions, indices")
     return p
 
 
@@ -63,13 +76,10 @@ def print_summary(report: dict, table: str) -> None:
 def infer(comm, argv: list[str] | None) -> None:
     """The whole job; collective over ``comm``."""
     args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
-    config = collectively(comm, lambda: load_config(
-        args.config, data=args.data, weights=args.weights, batch_size=args.batch_size, limit=args.limit,
-        strategy=args.strategy, fusion=args.fusion, profile=args.profile, threads=args.threads,
-        poll_us=args.poll_us))
+    config = collectively(comm, lambda: job_config(args))
     job = prepare(comm, config)
     count = min(job.data.count, config.limit or job.data.count)
-    results = run(comm, job, count)
+    results = run(comm, job, np.arange(count))
     if comm.rank != 0:
         return
     report = summarize(job, results, job.data.labels)
@@ -80,11 +90,12 @@ def infer(comm, argv: list[str] | None) -> None:
         write_report(args.report, report)
 
 
-def main(argv: list[str] | None = None, comm=None) -> int:
-    """Run the job; bad input ends every rank with status 2 and one line from rank 0."""
+def main(argv: list[str] | None = None, comm=None, job=None) -> int:
+    """Run the job (``infer`` by default); bad input ends every rank with status 2 and one line
+    from rank 0."""
     comm = comm or MPI.COMM_WORLD
     try:
-        infer(comm, argv)
+        (job or infer)(comm, argv)
     except JobError as exc:
         if comm.rank == 0:
             print(f"edgempi: error: {exc}", file=sys.stderr)

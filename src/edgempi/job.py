@@ -9,6 +9,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,22 +148,24 @@ def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def run(comm, job: Job, count: int) -> Results | None:
-    """Infer images ``0..count`` in batches; returns results on rank 0, None elsewhere.
+def run(comm, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        max_batches: int | None = None) -> Results | None:
+    """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
-    Each batch's latency runs from the barrier before its rows are read to its logits on the
-    classifier rank; the warm-up batches before it are not counted.
+    Rank 0 gets each batch's logits as it finishes and hands them to ``on_batch``. Each
+    batch's latency runs from the barrier before its rows are read to its logits on the
+    classifier rank; the warm-up batches before it are not counted. ``max_batches`` stops early.
     """
     runtime, rows = job.runtime, job.runtime.input_rows
     classifier = job.plan.classifier_rank
 
     def infer(start: int, stop: int):
-        x = None if is_empty(rows) else job.data.read(start, stop, rows)
+        x = None if is_empty(rows) else job.data.read_indices(indices[start:stop], rows)
         with torch.inference_mode():
             return runtime.forward(x, stop - start)
 
-    batches = _batches(count, job.config.batch_size)
-    for _ in range(job.config.warmup_batches):
+    batches = _batches(len(indices), job.config.batch_size)[:max_batches]
+    for _ in range(job.config.warmup_batches if batches else 0):
         infer(*batches[0])
     runtime.timings = Timings.empty(len(job.plan.blocks))
     logits, latencies = [], []
@@ -172,18 +175,27 @@ def run(comm, job: Job, count: int) -> Results | None:
         tick = time.perf_counter()
         out = infer(start, stop)
         latencies.append(time.perf_counter() - tick)
-        if out is not None:
+        if classifier != 0:  # logits live on the classifier rank; rank 0 writes them
+            if comm.rank == classifier:
+                comm.send(out.numpy(), dest=0, tag=99)
+            elif comm.rank == 0:
+                out = torch.from_numpy(comm.recv(source=classifier, tag=99))
+        if comm.rank == 0:
             logits.append(out.numpy())
+            if on_batch:
+                on_batch(indices[start:stop], logits[-1])
     elapsed = time.perf_counter() - began
     timings = comm.gather(asdict(runtime.timings), root=0)
-    if classifier != 0:  # results live on the classifier rank; rank 0 reports them
+    if classifier != 0:
         if comm.rank == classifier:
-            comm.send((logits, latencies), dest=0, tag=99)
+            comm.send(latencies, dest=0, tag=98)
         elif comm.rank == 0:
-            logits, latencies = comm.recv(source=classifier, tag=99)
+            latencies = comm.recv(source=classifier, tag=98)
     if comm.rank != 0:
         return None
-    return Results(np.arange(count), np.concatenate(logits).astype(np.float32), latencies, elapsed, timings)
+    done = sum(stop - start for start, stop in batches)
+    stacked = np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, 0), np.float32)
+    return Results(indices[:done], stacked, latencies, elapsed, timings)
 
 
 def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:

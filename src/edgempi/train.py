@@ -2,8 +2,8 @@
 
     python -m edgempi.train --config configs/resnet34_compact.yaml --data data/neu-cls.h5 --out data/w.pt
 
-Plain PyTorch training (AdamW, one-cycle learning rate, random flips), on a CUDA device when
-there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
+Plain PyTorch training (SGD with Nesterov momentum, one-cycle learning rate, random flips), on
+a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
 from it; ``OUT`` holds the weights of the epoch with the best validation accuracy, ``OUT.json``
 the history. Under ``mpirun -np N`` the ranks train data-parallel (gradients averaged).
 """
@@ -83,7 +83,8 @@ def train(args, comm=None) -> dict:
     val_x, val_y = load_split(data, "val", args.limit)
     model = build_model(config.model, config.in_channels, config.num_classes, config.seed,
                         reduction=config.reduction).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                weight_decay=args.weight_decay)
     steps_per_epoch = -(-len(train_x) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
     out, ckpt = Path(args.out), Path(f"{args.out}.ckpt")
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="best weights (state_dict); OUT.ckpt and OUT.json beside")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")

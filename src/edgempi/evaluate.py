@@ -1,0 +1,203 @@
+"""Distributed batch evaluation over a split:
+``mpirun -np N python -m edgempi.evaluate --config F --data H5 --weights W --split test --output P.h5``.
+
+Every image of the split is inferred exactly once. Each finished batch is saved at once
+(``P.h5.parts/``, one small file per batch, written atomically), so an interrupted job goes
+on with ``--resume`` from what it already saved; the predictions file ``P.h5`` and the
+report appear only when the whole split is done.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .comm import collectively
+from .data import DataError, atomic_path
+from .infer import job_config, job_parser, main as run_job, write_report
+from .job import prepare, run, summarize
+
+
+def parser(rank: int):
+    p = job_parser("python -m edgempi.evaluate", __doc__.split("\n\n")[0], rank)
+    p.add_argument("--split", default="test", help="train | val | test (default) | all")
+    p.add_argument("--output", required=True, help="HDF5 with indices, labels, predictions, logits")
+    p.add_argument("--confusion", help="confusion-matrix PNG (default: beside the report or output)")
+    p.add_argument("--resume", action="store_true", help="go on from the batches an earlier run saved")
+    p.add_argument("--max-batches", type=int, help="stop after N batches (the rest: --resume)")
+    p.add_argument("--reference", help="predictions HDF5 of another run to compare with (e.g. -np 1)")
+    return p
+
+
+class Parts:
+    """The finished batches of an evaluation, one ``.npz`` per batch (rank 0 only)."""
+
+    def __init__(self, output: str, resume: bool):
+        self.folder = Path(f"{output}.parts")
+        if self.folder.exists() and not resume:
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and logits of every saved batch, in index order."""
+        batches = []
+        for path in sorted(self.folder.glob("batch-*.npz")):
+            try:
+                with np.load(path) as saved:
+                    batches.append((saved["indices"], saved["logits"]))
+            except (OSError, KeyError, ValueError):
+                raise DataError(f"saved batch '{path}' is unreadable: delete it and --resume again") from None
+        if not batches:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        indices = np.concatenate([i for i, _ in batches])
+        logits = np.concatenate([z for _, z in batches])
+        order = np.argsort(indices, kind="stable")
+        return indices[order], logits[order]
+
+    def save(self, indices: np.ndarray, logits: np.ndarray) -> None:
+        path = self.folder / f"batch-{int(indices[0]):07d}.npz"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, indices=indices, logits=logits)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder)
+
+
+def class_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, confusion matrix (rows: true class) and per-class precision and recall."""
+    n = len(classes)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    hits = np.diag(confusion)
+    per_class = {name: {"precision": float(hits[k] / predicted[k]) if predicted[k] else None,
+                        "recall": float(hits[k] / actual[k]) if actual[k] else None, "images": int(actual[k])}
+                 for k, name in enumerate(classes)}
+    return {"accuracy": float(hits.sum() / max(len(labels), 1)), "per_class": per_class,
+            "confusion": confusion.tolist()}
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.array(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def load_reference(path: str, indices: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and logits of another run's predictions file over the same images."""
+    try:
+        with h5py.File(path, "r") as f:
+            ref_indices, ref_logits = f["indices"][:], f["logits"][:]
+    except (OSError, KeyError):
+        raise DataError(f"reference '{path}' is not an edgempi predictions file") from None
+    if not np.array_equal(ref_indices, indices) or ref_logits.shape != (len(indices), classes):
+        raise DataError(f"reference '{path}' holds other images than this run")
+    return ref_indices, ref_logits
+
+
+def compare(path: str, reference: np.ndarray, logits: np.ndarray) -> dict:
+    """How this run's predictions compare with the reference run's on the same images."""
+    same = logits.argmax(1) == reference.argmax(1)
+    return {"reference": path, "identical_predictions": int(same.sum()), "images": int(len(same)),
+            "max_abs_logit_difference": float(np.abs(logits - reference).max()) if len(same) else 0.0}
+
+
+def evaluate(comm, argv: list[str] | None) -> None:
+    """The whole evaluation; collective over ``comm``."""
+    args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
+    config = collectively(comm, lambda: job_config(args))
+    job = prepare(comm, config)
+    split = None if args.split == "all" else args.split
+
+    def todo():
+        indices = job.data.indices(split)[:config.limit]
+        if job.data.labels is None:
+            raise DataError(f"'{config.data}' has no labels to evaluate against")
+        if comm.rank != 0:
+            return indices, None, None
+        reference = load_reference(args.reference, indices, config.num_classes)[1] if args.reference else None
+        parts = Parts(args.output, args.resume)
+        done, _ = parts.load()
+        foreign = np.setdiff1d(done, indices)
+        if len(foreign):
+            raise DataError(f"saved batches in '{parts.folder}' hold image {foreign[0]}, not in this split: "
+                            "run without --resume")
+        return indices[~np.isin(indices, done)], parts, reference
+
+    remaining, parts, reference = collectively(comm, todo)
+    remaining = comm.bcast(remaining, root=0)
+    if comm.rank == 0 and len(remaining) < len(job.data.indices(split)[:config.limit]):
+        print(f"resuming: {len(remaining)} images left", file=sys.stderr)
+    results = run(comm, job, remaining, parts.save if parts else None, args.max_batches)
+    if comm.rank != 0:
+        return
+    indices, logits = parts.load()
+    wanted = job.data.indices(split)[:config.limit]
+    if not np.array_equal(indices, wanted):
+        print(f"stopped with {len(indices)} of {len(wanted)} images done: continue with --resume", file=sys.stderr)
+        return
+    labels = job.data.labels[indices]
+    predictions = logits.argmax(1)
+    classes = job.data.classes or [str(k) for k in range(config.num_classes)]
+    report = summarize(job, results, job.data.labels) if len(results.indices) else {}
+    report.update(split=args.split, images=int(len(indices)), evaluated_now=int(len(results.indices)),
+                  **class_metrics(labels, predictions, classes))
+    if args.reference:
+        report["comparison"] = compare(args.reference, reference, logits)
+    with atomic_path(args.output) as tmp, h5py.File(tmp, "w") as f:
+        for name, values in (("indices", indices), ("labels", labels), ("predictions", predictions),
+                             ("logits", logits)):
+            f.create_dataset(name, data=values)
+        f.attrs.update(model=config.model, split=args.split, data=config.data, world_size=comm.size)
+    confusion = Path(args.confusion or Path(args.report or args.output).with_suffix(".confusion.png"))
+    plot_confusion(confusion, report["confusion"], classes,
+                   f"{config.model} on {args.split}: {100 * report['accuracy']:.2f}% ({len(indices)} images)")
+    if args.report:
+        write_report(args.report, report)
+    parts.remove()
+    print_evaluation(report, confusion)
+
+
+def print_evaluation(report: dict, confusion: Path) -> None:
+    print(f"{report['images']} images of split '{report['split']}': accuracy {100 * report['accuracy']:.2f}%")
+    print("class                precision  recall  images")
+    for name, m in report["per_class"].items():
+        fmt = lambda v: "   n/a" if v is None else f"{100 * v:6.2f}"  # noqa: E731
+        print(f"{name:<20} {fmt(m['precision']):>9}  {fmt(m['recall']):>6}  {m['images']:>6}")
+    if "latency_s" in report:
+        print(f"latency median {1e3 * report['latency_s']['median']:.1f} ms per batch of {report['batch_size']}, "
+              f"{report['throughput_img_s']:.2f} img/s over the {report['evaluated_now']} images run now")
+    if "comparison" in report:
+        c = report["comparison"]
+        print(f"same prediction as {c['reference']} on {c['identical_predictions']} of {c['images']} images; "
+              f"largest logit difference {c['max_abs_logit_difference']:.2e}")
+    print(f"confusion matrix: {confusion}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(argv, job=evaluate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
