@@ -89,7 +89,7 @@ def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: St
     samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
 
     def calibrate():
-        return [time_stages(stages, sample) for sample in samples]
+        return [time_stages(stages, sample, lambda: barrier(comm, config.poll_us / 1e6)) for sample in samples]
 
     def time_head():
         return time_streaming_head(head, config.batch_size)

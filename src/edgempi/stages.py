@@ -243,12 +243,16 @@ def stage_heights(stages: list[Stage], height: int) -> list[int]:
     return heights
 
 
-def time_stages(stages: list[Stage], x: torch.Tensor) -> list[float]:
-    """Seconds each stage takes on the whole of ``x`` (one calibration pass)."""
+def time_stages(stages: list[Stage], x: torch.Tensor, before_each: Callable[[], None] | None = None) -> list[float]:
+    """Seconds each stage takes on the whole of ``x`` (one calibration pass); ``before_each``
+    runs untimed before every stage (the ranks' barrier: all ranks time the same stage at once,
+    sharing caches and memory bandwidth as they do in a run)."""
     heights = stage_heights(stages, x.shape[2])
     seconds = []
     with torch.inference_mode():
         for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            if before_each:
+                before_each()
             start = time.perf_counter()
             x = stage.forward(x, 0, n_in, (0, n_out))
             seconds.append(time.perf_counter() - start)
