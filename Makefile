@@ -19,7 +19,8 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 export OMP_NUM_THREADS := 1
 export MPIEXEC MPIFLAGS
 
-.PHONY: install data run check-hostfile test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean
+.PHONY: install data run check-hostfile test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean \
+	neu train accuracy
 
 install: $(VENV)/.installed
 
@@ -65,6 +66,34 @@ cluster-down: install
 
 bench-cluster: install
 	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER) --out results/cluster
+
+# Accuracy on the real NEU-CLS set: convert it (with its split), train, evaluate at -np 1 and 2.
+NEU_DIR  ?= ../shared/neu-cls
+NEU      := data/neu-cls.h5
+MODELS   ?= resnet34_compact resnet34 vgg16_compact vgg16_bn
+EPOCHS   ?= 30
+TRAIN_FLAGS ?=
+WEIGHTS  := data/weights
+
+neu: $(NEU)
+
+$(NEU): | $(VENV)/.installed
+	@test -d $(NEU_DIR) || { echo "edgempi: error: NEU-CLS folder '$(NEU_DIR)' does not exist (make neu NEU_DIR=...)" >&2; exit 2; }
+	$(PY) -m edgempi.data convert $(NEU_DIR) $@
+
+train: $(NEU)
+	for m in $(MODELS); do $(PY) -m edgempi.train --config configs/$$m.yaml --data $(NEU) \
+		--out $(WEIGHTS)/$$m.pt --epochs $(EPOCHS) $(TRAIN_FLAGS) || exit; done
+
+accuracy: $(NEU)
+	for m in $(MODELS); do \
+		$(MPIEXEC) --oversubscribe -np 1 $(PY) -m mpi4py -m edgempi.evaluate --config configs/$$m.yaml \
+			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np1.h5 \
+			--report results/accuracy/$$m-np1.json || exit; \
+		$(MPIEXEC) --oversubscribe -np 2 $(PY) -m mpi4py -m edgempi.evaluate --config configs/$$m.yaml \
+			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np2.h5 \
+			--report results/accuracy/$$m-np2.json --reference results/accuracy/$$m-np1.h5 || exit; \
+	done
 
 clean:
 	rm -rf $(VENV) data results

@@ -131,6 +131,8 @@ def evaluate(comm, argv: list[str] | None) -> None:
     split = None if args.split == "all" else args.split
 
     def todo():
+        if args.max_batches is not None and args.max_batches < 1:
+            raise DataError(f"--max-batches must be at least 1, not {args.max_batches}")
         indices = job.data.indices(split)[:config.limit]
         if job.data.labels is None:
             raise DataError(f"'{config.data}' has no labels to evaluate against")
