@@ -94,6 +94,7 @@ accuracy: $(NEU)
 			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np2.h5 \
 			--report results/accuracy/$$m-np2.json --reference results/accuracy/$$m-np1.h5 || exit; \
 	done
+	$(PY) scripts/accuracy-table $(MODELS)
 
 clean:
 	rm -rf $(VENV) data results
