@@ -23,20 +23,20 @@ def train_loss(model, data: ImageSet) -> float:
 
 
 def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path):
-    synth(tmp_path / "s.h5", 96, seed=1, size=48)
+    synth(tmp_path / "s.h5", 120, seed=1, size=32)
     out = tmp_path / "w.pt"
-    args = Namespace(config=None, model="resnet18_compact", data=str(tmp_path / "s.h5"), seed=0, threads=1,
-                     batch_size=8, lr=0.01, weight_decay=5e-4, epochs=1, out=str(out), limit=None, resume=False)
+    args = Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1,
+                     batch_size=8, lr=0.01, weight_decay=5e-4, clip_grad=5.0, epochs=1, out=str(out), limit=None, resume=False)
     summary = train(args)
     data = ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25)
-    before = train_loss(build_model("resnet18_compact", seed=0), data)
-    trained = build_model("resnet18_compact", seed=0)
+    before = train_loss(build_model("resnet18", seed=0), data)
+    trained = build_model("resnet18", seed=0)
     trained.load_state_dict(torch.load(out))
     after = train_loss(trained, data)
     print(f"train loss {before:.3f} -> {after:.3f}")
     assert after < 0.9 * before
     assert summary["history"][0]["epoch"] == 1 and summary["best"]["epoch"] == 1
-    assert json.loads((tmp_path / "w.pt.json").read_text())["model"] == "resnet18_compact"
+    assert json.loads((tmp_path / "w.pt.json").read_text())["model"] == "resnet18"
     assert torch.load(tmp_path / "w.pt.ckpt", weights_only=False)["epoch"] == 1
 
 

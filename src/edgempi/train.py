@@ -2,10 +2,10 @@
 
     python -m edgempi.train --config configs/resnet34_compact.yaml --data data/neu-cls.h5 --out data/w.pt
 
-Plain PyTorch training (SGD with Nesterov momentum, one-cycle learning rate, random flips), on
-a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
-from it; ``OUT`` holds the weights of the epoch with the best validation accuracy, ``OUT.json``
-the history. Under ``mpirun -np N`` the ranks train data-parallel (gradients averaged).
+Plain PyTorch training (SGD with Nesterov momentum, one-cycle learning rate, gradient norm
+clipping, random flips), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
+written after every epoch and ``--resume`` goes on from it; ``OUT`` holds the weights of the
+epoch with the best validation accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the ranks train data-parallel (gradients averaged).
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ def train(args, comm=None) -> dict:
                 from .comm.gradients import average_gradients
 
                 average_gradients(comm, model)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--clip-grad", type=float, default=5.0, help="largest gradient norm per step")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
