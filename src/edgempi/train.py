@@ -5,7 +5,8 @@
 Plain PyTorch training (SGD with Nesterov momentum, one-cycle learning rate, gradient norm
 clipping, random flips), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
 written after every epoch and ``--resume`` goes on from it; ``OUT`` holds the weights of the
-epoch with the best validation accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the ranks train data-parallel (gradients averaged).
+epoch with the best validation accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the
+ranks train data-parallel (gradients averaged).
 """
 
 from __future__ import annotations
