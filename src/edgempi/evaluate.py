@@ -181,12 +181,15 @@ def evaluate(comm, argv: list[str] | None) -> None:
     print_evaluation(report, confusion)
 
 
+def _percent(value: float | None) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+
 def print_evaluation(report: dict, confusion: Path) -> None:
     print(f"{report['images']} images of split '{report['split']}': accuracy {100 * report['accuracy']:.2f}%")
     print("class                precision  recall  images")
     for name, m in report["per_class"].items():
-        fmt = lambda v: "   n/a" if v is None else f"{100 * v:6.2f}"  # noqa: E731
-        print(f"{name:<20} {fmt(m['precision']):>9}  {fmt(m['recall']):>6}  {m['images']:>6}")
+        print(f"{name:<20} {_percent(m['precision']):>9}  {_percent(m['recall']):>6}  {m['images']:>6}")
     if "latency_s" in report:
         print(f"latency median {1e3 * report['latency_s']['median']:.1f} ms per batch of {report['batch_size']}, "
               f"{report['throughput_img_s']:.2f} img/s over the {report['evaluated_now']} images run now")

@@ -100,8 +100,8 @@ def train(args, comm=None) -> dict:
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         history, best, epoch0 = state["history"], state["best"], state["epoch"]
-    if comm is not None:
-        from .comm.gradients import broadcast_parameters
+    if comm is not None:  # MPI only for data-parallel training
+        from .comm.gradients import average_gradients, broadcast_parameters
 
         broadcast_parameters(comm, model)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -120,8 +120,6 @@ def train(args, comm=None) -> dict:
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if comm is not None:
-                from .comm.gradients import average_gradients
-
                 average_gradients(comm, model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
