@@ -104,8 +104,8 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str], t
     plt.close(fig)
 
 
-def load_reference(path: str, indices: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and logits of another run's predictions file over the same images."""
+def load_reference(path: str, indices: np.ndarray, classes: int) -> np.ndarray:
+    """The logits of another run's predictions file over the same images."""
     try:
         with h5py.File(path, "r") as f:
             ref_indices, ref_logits = f["indices"][:], f["logits"][:]
@@ -113,7 +113,7 @@ def load_reference(path: str, indices: np.ndarray, classes: int) -> tuple[np.nda
         raise DataError(f"reference '{path}' is not an edgempi predictions file") from None
     if not np.array_equal(ref_indices, indices) or ref_logits.shape != (len(indices), classes):
         raise DataError(f"reference '{path}' holds other images than this run")
-    return ref_indices, ref_logits
+    return ref_logits
 
 
 def compare(path: str, reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -133,29 +133,28 @@ def evaluate(comm, argv: list[str] | None) -> None:
     def todo():
         if args.max_batches is not None and args.max_batches < 1:
             raise DataError(f"--max-batches must be at least 1, not {args.max_batches}")
-        indices = job.data.indices(split)[:config.limit]
+        wanted = job.data.indices(split)[:config.limit]
         if job.data.labels is None:
             raise DataError(f"'{config.data}' has no labels to evaluate against")
         if comm.rank != 0:
-            return indices, None, None
-        reference = load_reference(args.reference, indices, config.num_classes)[1] if args.reference else None
+            return wanted, None, None, None
+        reference = load_reference(args.reference, wanted, config.num_classes) if args.reference else None
         parts = Parts(args.output, args.resume)
         done, _ = parts.load()
-        foreign = np.setdiff1d(done, indices)
+        foreign = np.setdiff1d(done, wanted)
         if len(foreign):
             raise DataError(f"saved batches in '{parts.folder}' hold image {foreign[0]}, not in this split: "
                             "run without --resume")
-        return indices[~np.isin(indices, done)], parts, reference
+        return wanted, wanted[~np.isin(wanted, done)], parts, reference
 
-    remaining, parts, reference = collectively(comm, todo)
+    wanted, remaining, parts, reference = collectively(comm, todo)
     remaining = comm.bcast(remaining, root=0)
-    if comm.rank == 0 and len(remaining) < len(job.data.indices(split)[:config.limit]):
+    if comm.rank == 0 and len(remaining) < len(wanted):
         print(f"resuming: {len(remaining)} images left", file=sys.stderr)
     results = run(comm, job, remaining, parts.save if parts else None, args.max_batches)
     if comm.rank != 0:
         return
     indices, logits = parts.load()
-    wanted = job.data.indices(split)[:config.limit]
     if not np.array_equal(indices, wanted):
         print(f"stopped with {len(indices)} of {len(wanted)} images done: continue with --resume", file=sys.stderr)
         return
