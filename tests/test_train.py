@@ -4,6 +4,7 @@ import json
 from argparse import Namespace
 
 import h5py
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -22,11 +23,13 @@ def train_loss(model, data: ImageSet) -> float:
         return F.cross_entropy(model(x), y).item()
 
 
-def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path):
+@pytest.mark.parametrize("optimizer, lr, precision", [("sgd", 0.01, "bf16"), ("adamw", None, "fp32")])
+def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path, optimizer, lr, precision):
     synth(tmp_path / "s.h5", 120, seed=1, size=32)
     out = tmp_path / "w.pt"
-    args = Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1,
-                     batch_size=8, lr=0.01, weight_decay=5e-4, clip_grad=5.0, epochs=1, out=str(out), limit=None, resume=False)
+    args = Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1, batch_size=8,
+                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2, epochs=1,
+                     out=str(out), limit=None, resume=False)
     summary = train(args)
     data = ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25)
     before = train_loss(build_model("resnet18", seed=0), data)
@@ -36,7 +39,8 @@ def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path):
     print(f"train loss {before:.3f} -> {after:.3f}")
     assert after < 0.9 * before
     assert summary["history"][0]["epoch"] == 1 and summary["best"]["epoch"] == 1
-    assert json.loads((tmp_path / "w.pt.json").read_text())["model"] == "resnet18"
+    recorded = json.loads((tmp_path / "w.pt.json").read_text())
+    assert (recorded["model"], recorded["optimizer"], recorded["precision"]) == ("resnet18", optimizer, precision)
     assert torch.load(tmp_path / "w.pt.ckpt", weights_only=False)["epoch"] == 1
 
 

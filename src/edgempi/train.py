@@ -2,8 +2,8 @@
 
     python -m edgempi.train --config configs/resnet34_compact.yaml --data data/neu-cls.h5 --out data/w.pt
 
-Plain PyTorch training (SGD with Nesterov momentum, one-cycle learning rate, gradient norm
-clipping, random flips), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
+Plain PyTorch training (SGD with Nesterov momentum or AdamW, one-cycle learning rate, gradient
+norm clipping, random flips and shifts, bf16 mixed precision), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
 written after every epoch and ``--resume`` goes on from it; ``OUT`` holds the weights of the
 epoch with the best validation accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the
 ranks train data-parallel (gradients averaged).
@@ -43,12 +43,18 @@ def load_split(data: ImageSet, split: str, limit: int | None = None) -> tuple[to
     return torch.from_numpy(data.images[indices]), torch.from_numpy(data.labels[indices])
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal and vertical flips per image (steel defects have no up or left)."""
+def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 0) -> torch.Tensor:
+    """Random horizontal and vertical flips per image (steel defects have no up or left) and,
+    with ``shift``, a random translation of up to ``shift`` pixels each way (reflected borders)."""
     for dim in (2, 3):
         flip = torch.rand(len(images), generator=generator) < 0.5
         images[flip] = images[flip].flip(dim)
-    return images
+    if not shift:
+        return images
+    height, width = images.shape[-2:]
+    padded = F.pad(images.float(), (shift,) * 4, mode="reflect").to(images.dtype)
+    offsets = torch.randint(0, 2 * shift + 1, (len(images), 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
 
 
 def evaluate_split(model, images, labels, preprocess, device, batch_size: int) -> tuple[float, float]:
@@ -70,6 +76,18 @@ def save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float | None, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW (per-weight step sizes: for deep plain stacks whose
+    gradients differ by orders of magnitude between the first and the last layers)."""
+    lr = lr or DEFAULT_LR[name]
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
 def train(args, comm=None) -> dict:
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
     config = load_config(args.config, model=args.model, data=args.data, seed=args.seed)
@@ -84,10 +102,9 @@ def train(args, comm=None) -> dict:
     val_x, val_y = load_split(data, "val", args.limit)
     model = build_model(config.model, config.in_channels, config.num_classes, config.seed,
                         reduction=config.reduction).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = -(-len(train_x) // args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, optimizer.defaults["lr"], total_steps=args.epochs * steps_per_epoch)
     out, ckpt = Path(args.out), Path(f"{args.out}.ckpt")
     history, best, epoch0 = [], None, 0
     generator = torch.Generator().manual_seed(config.seed)
@@ -115,13 +132,15 @@ def train(args, comm=None) -> dict:
         batches = range(0, len(order), args.batch_size)
         for first in tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False):
             pick = order[first:first + args.batch_size][rank::size]
-            x = data.preprocess(augment(train_x[pick].clone(), generator)).to(device, memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(x), train_y[pick].to(device))
+            x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift)).to(device, memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss = F.cross_entropy(model(x), train_y[pick].to(device))
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if comm is not None:
                 average_gradients(comm, model)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            if args.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
@@ -142,7 +161,8 @@ def train(args, comm=None) -> dict:
                   f"val accuracy {100 * val_acc:.2f}%{' (best)' if improved else ''}, {record['seconds']:.0f} s",
                   file=sys.stderr)
     summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
-               "ranks": size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "ranks": size, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
+               "optimizer": args.optimizer, "shift": args.shift, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
                "best": best, "history": history}
     if rank == 0:
         with atomic_path(f"{args.out}.json") as tmp:
@@ -159,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="best weights (state_dict); OUT.ckpt and OUT.json beside")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="sgd")
+    parser.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule "
+                        f"(default: {', '.join(f'{k} {v:g}' for k, v in sorted(DEFAULT_LR.items()))})")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--clip-grad", type=float, default=5.0, help="largest gradient norm per step")
+    parser.add_argument("--clip-grad", type=float, default=5.0, help="largest gradient norm per step (0: no clipping)")
+    parser.add_argument("--shift", type=int, default=0, help="random translations of up to this many pixels")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16: mixed precision (autocast; weights and evaluation stay float32)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
