@@ -23,25 +23,41 @@ def train_loss(model, data: ImageSet) -> float:
         return F.cross_entropy(model(x), y).item()
 
 
+def trained_loss(tmp_path, args: Namespace) -> float:
+    """Train loss of the weights ``train(args)`` saved."""
+    model = build_model("resnet18", seed=0)
+    model.load_state_dict(torch.load(args.out))
+    return train_loss(model, ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25))
+
+
+def one_epoch_args(tmp_path, optimizer: str = "sgd", lr: float | None = 0.01, precision: str = "fp32") -> Namespace:
+    synth(tmp_path / "s.h5", 120, seed=1, size=32)
+    return Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1, batch_size=8,
+                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2,
+                     epochs=1, out=str(tmp_path / "w.pt"), init=None, limit=None, resume=False)
+
+
 @pytest.mark.parametrize("optimizer, lr, precision", [("sgd", 0.01, "bf16"), ("adamw", None, "fp32")])
 def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path, optimizer, lr, precision):
-    synth(tmp_path / "s.h5", 120, seed=1, size=32)
-    out = tmp_path / "w.pt"
-    args = Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1, batch_size=8,
-                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2, epochs=1,
-                     out=str(out), limit=None, resume=False)
+    args = one_epoch_args(tmp_path, optimizer, lr, precision)
     summary = train(args)
-    data = ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25)
-    before = train_loss(build_model("resnet18", seed=0), data)
-    trained = build_model("resnet18", seed=0)
-    trained.load_state_dict(torch.load(out))
-    after = train_loss(trained, data)
+    before = train_loss(build_model("resnet18", seed=0), ImageSet(tmp_path / "s.h5", 1, 0.5, 0.25))
+    after = trained_loss(tmp_path, args)
     print(f"train loss {before:.3f} -> {after:.3f}")
     assert after < 0.9 * before
     assert summary["history"][0]["epoch"] == 1 and summary["best"]["epoch"] == 1
     recorded = json.loads((tmp_path / "w.pt.json").read_text())
     assert (recorded["model"], recorded["optimizer"], recorded["precision"]) == ("resnet18", optimizer, precision)
     assert torch.load(tmp_path / "w.pt.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_init_starts_from_the_given_weights(tmp_path):
+    args = one_epoch_args(tmp_path)
+    train(args)
+    after_one_epoch = trained_loss(tmp_path, args)
+    args.init, args.out, args.lr = args.out, str(tmp_path / "again.pt"), 1e-9  # a step that changes nothing
+    train(args)
+    assert trained_loss(tmp_path, args) == pytest.approx(after_one_epoch, rel=1e-3)
 
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):

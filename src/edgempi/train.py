@@ -102,6 +102,8 @@ def train(args, comm=None) -> dict:
     val_x, val_y = load_split(data, "val", args.limit)
     model = build_model(config.model, config.in_channels, config.num_classes, config.seed,
                         reduction=config.reduction).to(device, memory_format=torch.channels_last)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location=device))
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = -(-len(train_x) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, optimizer.defaults["lr"], total_steps=args.epochs * steps_per_epoch)
@@ -162,7 +164,7 @@ def train(args, comm=None) -> dict:
                   file=sys.stderr)
     summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
                "ranks": size, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
-               "optimizer": args.optimizer, "shift": args.shift, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
+               "init": args.init, "optimizer": args.optimizer, "shift": args.shift, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
                "best": best, "history": history}
     if rank == 0:
         with atomic_path(f"{args.out}.json") as tmp:
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
+    parser.add_argument("--init", help="start from these weights (a state_dict, e.g. an earlier OUT) with a new schedule")
     parser.add_argument("--resume", action="store_true", help="go on from OUT.ckpt")
     args = parser.parse_args(argv)
     comm = None
