@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from edgempi.models import MODEL_NAMES, ModelError, build_model, load_weights
-from edgempi.stages import stage_heights, trunk_stages
+from torch import nn
+
+from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
+from edgempi.stages import ResidualStage, stage_heights, trunk_stages
 
 
 def n_params(model):
@@ -94,6 +96,18 @@ def test_compact_unit_names_and_shapes():
         assert model(x).shape == (2, 6)
     with pytest.raises(ModelError, match="reduction ratio"):
         build_model("vgg16_compact", reduction=0)
+
+
+def test_vgg_compact_units_are_residual_where_the_channels_stay():
+    """The shortcut is what makes VGG-compact trainable; the runtime sums it before BN and ReLU."""
+    units = [m for m in build_model("vgg16_compact").features if isinstance(m, CompactConv)]
+    assert [u.residual for u in units] == [u.reduce.in_channels == u.out_channels for u in units]
+    assert sum(u.residual for u in units) == 9
+    residual = [s for s in trunk_stages(build_model("vgg16_compact")) if isinstance(s, ResidualStage)]
+    assert len(residual) == 9
+    assert all([type(m) for m in s.post] == [nn.BatchNorm2d, nn.ReLU] for s in residual)
+    with pytest.raises(ValueError, match="keeps its channels"):
+        CompactConv(64, 128, residual=True)
 
 
 def test_attention_stage_sums_only_what_its_reduce_gives():

@@ -146,28 +146,37 @@ class AttentionStage:
         return x[:, :, out_rows[0] - x_lo:out_rows[1] - x_lo] * scale
 
 
-def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[LayerStage | AttentionStage]:
-    """A 3x3 conv as one stage, or a ``CompactConv`` as its four (``post`` after the last)."""
+def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[Stage]:
+    """A 3x3 conv as one stage, or a ``CompactConv`` as its four (``post`` after the last); a
+    residual ``CompactConv`` is one ``ResidualStage`` of those four (``post`` after the sum)."""
     from .models import CompactConv
 
     if not isinstance(module, CompactConv):
         return [LayerStage(name, module, post)]
-    return [LayerStage(f"{name}.reduce", module.reduce, [module.reduce_bn, module.relu]),
+    main = [LayerStage(f"{name}.reduce", module.reduce, [module.reduce_bn, module.relu]),
             LayerStage(f"{name}.conv", module.conv, [module.conv_bn, module.relu]),
             AttentionStage(f"{name}.attention", module.attention),
-            LayerStage(f"{name}.expand", module.expand, post)]
+            LayerStage(f"{name}.expand", module.expand, [] if module.residual else post)]
+    return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)] if module.residual else main
+
+
+def basic_block_stage(name: str, block: nn.Module) -> ResidualStage:
+    """A torchvision BasicBlock: two 3x3 convs (or two compact units) plus an identity or 1x1
+    downsample shortcut, ReLU after the sum; a fusion boundary follows it."""
+    main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
+            + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
+    down = block.downsample
+    shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
+    return ResidualStage(name, main, shortcut, [block.relu], boundary_after=True)
 
 
 class ResidualStage:
-    """A torchvision BasicBlock: a main path of stages (two 3x3 convs, or two compact units)
-    plus an identity or 1x1 downsample shortcut."""
+    """A main path of stages plus a shortcut stage, summed, then pointwise ``post`` modules."""
 
-    def __init__(self, name: str, block: nn.Module, boundary_after: bool = False):
-        self.name, self.boundary_after = name, boundary_after
-        self.main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
-                     + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
-        down = block.downsample
-        self.shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
+    def __init__(self, name: str, main: list[Stage], shortcut: LayerStage, post: list[nn.Module],
+                 boundary_after: bool = False):
+        self.name, self.main, self.shortcut, self.post = name, main, shortcut, list(post)
+        self.boundary_after = boundary_after
         self.reductions = sum(stage.reductions for stage in self.main)
 
     def _heights(self, n_in: int) -> list[int]:
@@ -203,7 +212,10 @@ class ResidualStage:
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
                 reduce: Reduce = whole_map_sum) -> torch.Tensor:
         out = run_rows(self.main, self._heights(n_in), x, x_lo, out_rows, reduce)
-        return F.relu(out + self.shortcut.forward(x, x_lo, n_in, out_rows))
+        out = out + self.shortcut.forward(x, x_lo, n_in, out_rows)
+        for module in self.post:
+            out = module(out)
+        return out
 
 
 Stage = LayerStage | AttentionStage | ResidualStage
@@ -230,7 +242,7 @@ def trunk_stages(model: nn.Module) -> list[Stage]:
                   LayerStage("maxpool", model.maxpool, boundary_after=True)]
         for k in range(1, 5):
             layer = getattr(model, f"layer{k}")
-            stages += [ResidualStage(f"layer{k}.{j}", block, boundary_after=True) for j, block in enumerate(layer)]
+            stages += [basic_block_stage(f"layer{k}.{j}", block) for j, block in enumerate(layer)]
         return stages
     raise TypeError(f"cannot partition a {type(model).__name__}")
 

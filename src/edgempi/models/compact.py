@@ -30,10 +30,14 @@ class SqueezeExcitation(nn.Module):
 class CompactConv(nn.Module):
     """Stands in for a 3x3 convolution ``in_channels -> out_channels``: a 1x1 reduction to
     ``out_channels / reduction``, the 3x3 convolution (with the original stride) there, channel
-    attention, and a 1x1 expansion; batch norm and ReLU follow the first two convolutions."""
+    attention, and a 1x1 expansion; batch norm and ReLU follow the first two convolutions. With
+    ``residual`` (same channels, stride 1) the input is added to the expansion's output."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = DEFAULT_REDUCTION):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = DEFAULT_REDUCTION,
+                 residual: bool = False):
         super().__init__()
+        if residual and (in_channels != out_channels or stride != 1):
+            raise ValueError("a residual CompactConv keeps its channels and stride 1")
         mid = max(out_channels // reduction, 1)
         self.reduce = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.reduce_bn = nn.BatchNorm2d(mid)
@@ -42,9 +46,9 @@ class CompactConv(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.attention = SqueezeExcitation(mid, max(mid // 4, 4))
         self.expand = nn.Conv2d(mid, out_channels, 1, bias=False)
-        self.out_channels = out_channels
+        self.out_channels, self.residual = out_channels, residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.reduce_bn(self.reduce(x)))
-        x = self.relu(self.conv_bn(self.conv(x)))
-        return self.expand(self.attention(x))
+        y = self.relu(self.reduce_bn(self.reduce(x)))
+        y = self.expand(self.attention(self.relu(self.conv_bn(self.conv(y)))))
+        return x + y if self.residual else y

@@ -1,5 +1,7 @@
 """VGG family with torchvision's module names (features.N, avgpool, classifier.N); ``_bn`` adds
-batch norm, ``_compact`` (always with batch norm) puts a ``CompactConv`` in place of each 3x3 conv."""
+batch norm, ``_compact`` (always with batch norm) puts a ``CompactConv`` in place of each 3x3 conv,
+with a residual connection wherever the conv keeps its channels (a plain stack of 13 compact units,
+39 batch-normed convolutions, does not train: its gradient grows about 1.2x per layer)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def make_features(config: list, in_channels: int, batch_norm: bool, reduction: i
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         if reduction:
-            layers.append(CompactConv(channels, item, reduction=reduction))
+            layers.append(CompactConv(channels, item, reduction=reduction, residual=channels == item))
         else:
             layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
         if batch_norm or reduction:
