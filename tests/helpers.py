@@ -24,9 +24,20 @@ def calibrate_batchnorm(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def damp_residual_branches(model: nn.Module, scale: float = 0.2) -> nn.Module:
+    """Scale each basic block's last BatchNorm weight, so its branch refines the shortcut as in a
+    trained ResNet: at weight 1, a random 16-block ResNet-34-compact amplifies float32 rounding
+    chaotically (a 1e-6 input change moves logits of about 2000 by 187), which no test can resolve."""
+    with torch.no_grad():
+        for block in model.modules():
+            if hasattr(block, "bn2") and hasattr(block, "downsample"):
+                block.bn2.weight.mul_(scale)
+    return model
+
+
 @functools.lru_cache(maxsize=4)
 def realistic_model(name: str, seed: int = 0, height: int = 64, width: int = 64) -> nn.Module:
-    model = build_model(name, in_channels=1, num_classes=6, seed=seed)
+    model = damp_residual_branches(build_model(name, in_channels=1, num_classes=6, seed=seed))
     generator = torch.Generator().manual_seed(seed + 100)
     return calibrate_batchnorm(model, torch.randn(4, 1, height, width, generator=generator))
 
