@@ -100,10 +100,11 @@ def test_compact_unit_names_and_shapes():
 
 def test_vgg_compact_units_are_residual_where_the_channels_stay():
     """The shortcut is what makes VGG-compact trainable; the runtime sums it before BN and ReLU."""
-    units = [m for m in build_model("vgg16_compact").features if isinstance(m, CompactConv)]
+    model = build_model("vgg16_compact")
+    units = [m for m in model.features if isinstance(m, CompactConv)]
     assert [u.residual for u in units] == [u.reduce.in_channels == u.out_channels for u in units]
     assert sum(u.residual for u in units) == 9
-    residual = [s for s in trunk_stages(build_model("vgg16_compact")) if isinstance(s, ResidualStage)]
+    residual = [s for s in trunk_stages(model) if isinstance(s, ResidualStage)]
     assert len(residual) == 9
     assert all([type(m) for m in s.post] == [nn.BatchNorm2d, nn.ReLU] for s in residual)
     with pytest.raises(ValueError, match="keeps its channels"):

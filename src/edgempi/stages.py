@@ -45,6 +45,13 @@ def _windows(layer: nn.Module) -> tuple[Window, Window]:
     return tuple(Window(kernel[i], stride[i], padding[i], dilation[i], ceil_mode) for i in (0, 1))
 
 
+def apply_pointwise(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Run row-local modules (batch norm, ReLU) one after another."""
+    for module in modules:
+        x = module(x)
+    return x
+
+
 class LayerStage:
     """One conv / max-pool / avg-pool (or identity) followed by pointwise modules (BN, ReLU)."""
 
@@ -86,10 +93,7 @@ class LayerStage:
         top, bottom = self.rows.border_padding(out_rows, n_in)
         if top or bottom:
             x = F.pad(x, (0, 0, top, bottom), value=self.pad_value)
-        y = self._apply(x, out_rows, n_in)
-        for module in self.post:
-            y = module(y)
-        return y
+        return apply_pointwise(self.post, self._apply(x, out_rows, n_in))
 
     def _apply(self, x: torch.Tensor, out_rows: Rows, n_in: int) -> torch.Tensor:
         layer, r, c = self.layer, self.rows, self.cols
@@ -157,7 +161,9 @@ def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[Sta
             LayerStage(f"{name}.conv", module.conv, [module.conv_bn, module.relu]),
             AttentionStage(f"{name}.attention", module.attention),
             LayerStage(f"{name}.expand", module.expand, [] if module.residual else post)]
-    return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)] if module.residual else main
+    if not module.residual:
+        return main
+    return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)]
 
 
 def basic_block_stage(name: str, block: nn.Module) -> ResidualStage:
@@ -212,10 +218,7 @@ class ResidualStage:
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
                 reduce: Reduce = whole_map_sum) -> torch.Tensor:
         out = run_rows(self.main, self._heights(n_in), x, x_lo, out_rows, reduce)
-        out = out + self.shortcut.forward(x, x_lo, n_in, out_rows)
-        for module in self.post:
-            out = module(out)
-        return out
+        return apply_pointwise(self.post, out + self.shortcut.forward(x, x_lo, n_in, out_rows))
 
 
 Stage = LayerStage | AttentionStage | ResidualStage
