@@ -1,5 +1,6 @@
 """The emulated edge cluster: up, a 2-device parity run across it, shaping and quotas in force,
-down with nothing left (skipped where root, namespaces or cgroups are missing)."""
+devices at their file's speed under a bursty convolution workload, down with nothing left, also
+right after a job was killed (skipped where root, namespaces or cgroups are missing)."""
 
 import os
 import subprocess
@@ -16,6 +17,7 @@ from helpers import plain_logits, realistic_model
 from edgempi import emulate
 from edgempi.cluster import load_cluster
 from edgempi.data import synth
+from edgempi.fidelity import measure
 
 REASON = emulate.unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"emulated cluster: {REASON}")
@@ -38,9 +40,8 @@ def cluster(tmp_path_factory):
 
 
 def in_device(n: int, script: Path, *args: str) -> subprocess.Popen:
-    """Start a Python script inside device ``n`` (its namespace and CPU cgroup), as the agent does."""
-    return subprocess.Popen([str(emulate.AGENT), emulate.address(n), " ".join([sys.executable, str(script), *args])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start a Python script inside device ``n`` (its namespace and CPU group), as the agent does."""
+    return emulate.in_device(n, [sys.executable, str(script), *args])
 
 
 RECEIVE = """
@@ -105,3 +106,21 @@ def test_cpu_quotas_are_in_force(cluster, tmp_path):
     for share, device in zip(shares, cluster.devices):
         expected = device.speed * cluster.core_per_speed
         assert abs(share - expected) / expected < 0.2, (shares, expected)
+
+
+def test_devices_run_at_their_speed_alone_and_together(cluster):
+    speeds = measure([d.speed * cluster.core_per_speed for d in cluster.devices], emulate.in_device, rounds=3)
+    for s in speeds:
+        assert s.worst_error() < 0.15, speeds
+
+
+def test_down_right_after_a_killed_job_leaves_nothing(tmp_path):
+    spec = load_cluster(ROOT / "clusters" / "emulated-homogeneous.yaml")
+    emulate.up(spec)
+    (tmp_path / "busy.py").write_text(BUSY.replace("< 2", "< 60"))
+    jobs = [in_device(n, tmp_path / "busy.py") for n in (1, 2)]
+    time.sleep(1)
+    for job in jobs:
+        job.kill()
+    emulate.down()
+    assert emulate.leftovers() == []

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, event, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -74,8 +74,7 @@ def test_partitioned_stack_equals_torch(stack, height, weights, data):
         heights = stage_heights(stages, height)
         reference = nn.Sequential(*stack)(torch.zeros(1, 2, height, 13))
     except (ValueError, RuntimeError):
-        event("image too small for the stack")
-        return
+        assume(False)  # image too small for the stack
     if sum(weights) == 0:
         weights = weights + [1.0]
     x = torch.randn(2, 2, height, 13)

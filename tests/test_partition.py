@@ -85,7 +85,8 @@ def test_every_strategy_gives_a_valid_partition_and_optimal_is_fastest(cluster, 
         assert all(hi - lo >= cluster["min_rows"] for lo, hi in owned)
         assert all(math.isfinite(block.cost(k, r)) for k, r in enumerate(rows)), "memory respected"
         spans[strategy] = block.makespan(rows)
-    if "optimal" in spans:
+    if spans:
+        assert "optimal" in spans, f"optimal found no partition where {sorted(spans)} did"
         assert spans["optimal"] <= min(spans.values()) * (1 + 1e-9), spans
 
 

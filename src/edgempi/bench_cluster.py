@@ -4,8 +4,9 @@ For each model and each number of devices (fastest first), runs ``edgempi.infer`
 conventional (``equal`` + ``none``, MoDNN-style), EdgeLD-style (``proportional`` + ``pool``),
 DeepThings-style (``equal`` + ``full``) and edgempi's default (``optimal`` + ``dp``) plans, and
 reports the median latency, the speedup over the fastest device alone, its fraction of the bound
-``sum(speed)/speed(fastest)``, and predicted against measured. Writes CSV, JSON and PNG plots.
-Without root, namespaces or cgroups it says so and runs the same matrix on local ranks.
+``sum(speed)/speed(fastest)``, and predicted against measured. First it checks the devices'
+fidelity (``edgempi.emulate check --fidelity``). Writes CSV, JSON and PNG plots. Without root,
+namespaces or cgroups it says so and runs the same matrix on local ranks.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import argparse
 import csv
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from . import emulate
 from .cluster import load_cluster
 from .data import atomic_path, synth
+from .fidelity import table as fidelity_table
 
 STRATEGIES = {"conventional": ("equal", "none"), "EdgeLD": ("proportional", "pool"),
               "DeepThings": ("equal", "full"), "edgempi": ("optimal", "dp")}
@@ -49,6 +53,13 @@ def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: s
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         return json.loads(report.read_text())
+
+
+def machine() -> str:
+    """This machine's CPU model and core count (the tables say which machine they come from)."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def table(rows: list[dict]) -> str:
@@ -117,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         synth(args.data, 12, seed=11)
     speeds = [d.speed for d in cluster.devices]
     order = sorted(range(1, len(speeds) + 1), key=lambda n: -speeds[n - 1])  # fastest first
-    rows, timeline = [], None
+    rows, timeline, fidelity, netem = [], None, [], False
     try:
         if emulated:
-            emulate.up(cluster)
+            netem = emulate.up(cluster)
+            emulate.describe(cluster, netem)
+            fidelity = emulate.check_fidelity(cluster)
+            print(fidelity_table(fidelity), flush=True)
         for model in args.models:
             for count in range(1, len(order) + 1):
                 devices = order[:count]
@@ -130,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     report = run_once(model, devices, strategy, fusion, args.data, args.images, profile, emulated)
                     latency = statistics.median(report["latencies_s"])
                     rows.append({"model": model, "devices": count, "strategy": name, "latency_s": latency,
-                                 "predicted_s": report["predicted_latency_s"], "bound": bound})
+                                 "predicted_s": report["predicted_latency_s"], "bound": bound,
+                                 "ranks": report["ranks"]})
                     print(f"{model} {count} devices {name:<12} {1e3 * latency:8.1f} ms "
                           f"(predicted {1e3 * report['predicted_latency_s']:.1f})", flush=True)
                     if name == "edgempi" and count == len(order) and timeline is None:
@@ -144,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         row["fraction_of_bound"] = row["speedup"] / row["bound"]
     print(table(rows))
     with atomic_path(out / "results.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "ranks"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"emulated": emulated, "cluster": args.cluster, "rows": rows}, indent=2) + "\n")
+        tmp.write_text(json.dumps({"emulated": emulated, "cluster": args.cluster, "machine": machine(),
+                                   "netem": netem, "fidelity": [asdict(f) for f in fidelity], "rows": rows},
+                                  indent=2) + "\n")
     plot(rows, timeline, out)
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .comm import collectively
+from .comm import Communicator, collectively
 from .data import DataError, atomic_path
 from .infer import job_config, job_parser, main as run_job, write_report
 from .job import prepare, run, summarize
@@ -123,7 +123,7 @@ def compare(path: str, reference: np.ndarray, logits: np.ndarray) -> dict:
             "max_abs_logit_difference": float(np.abs(logits - reference).max()) if len(same) else 0.0}
 
 
-def evaluate(comm, argv: list[str] | None) -> None:
+def evaluate(comm: Communicator, argv: list[str] | None) -> None:
     """The whole evaluation; collective over ``comm``."""
     args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
     config = collectively(comm, lambda: job_config(args))

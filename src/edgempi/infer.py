@@ -8,9 +8,7 @@ import traceback
 
 import h5py
 import numpy as np
-from mpi4py import MPI
-
-from .comm import JobError, collectively
+from .comm import Communicator, JobError, collectively, world
 from .config import Config, load_config
 from .data import atomic_path
 from .job import RankParser, prepare, run, summarize
@@ -73,7 +71,7 @@ def print_summary(report: dict, table: str) -> None:
               f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}")
 
 
-def infer(comm, argv: list[str] | None) -> None:
+def infer(comm: Communicator, argv: list[str] | None) -> None:
     """The whole job; collective over ``comm``."""
     args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
     config = collectively(comm, lambda: job_config(args))
@@ -90,10 +88,10 @@ def infer(comm, argv: list[str] | None) -> None:
         write_report(args.report, report)
 
 
-def main(argv: list[str] | None = None, comm=None, job=None) -> int:
+def main(argv: list[str] | None = None, comm: Communicator | None = None, job=None) -> int:
     """Run the job (``infer`` by default); bad input ends every rank with status 2 and one line
     from rank 0."""
-    comm = comm or MPI.COMM_WORLD
+    comm = comm or world()
     try:
         (job or infer)(comm, argv)
     except JobError as exc:
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None, comm=None, job=None) -> int:
     except BaseException:
         traceback.print_exc()
         print(f"edgempi: internal error on rank {comm.rank}: aborting the job", file=sys.stderr)
-        comm.Abort(1)
+        comm.abort(1)
     return 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .comm import barrier, collectively
+from .comm import Communicator, Tag, collectively
 from .config import Config, ConfigError
 from .data import ImageSet
 from .geometry import is_empty
@@ -73,7 +73,7 @@ def calibration_heights(stages, height: int) -> list[int]:
     return [height, height]
 
 
-def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: StreamingHead | None) -> Profile | None:
+def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, int], head: StreamingHead | None) -> Profile | None:
     """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
     on the real model (every stage on every rank, the head on the classifier rank)."""
     saved = None
@@ -89,7 +89,7 @@ def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: St
     samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
 
     def calibrate():
-        return [time_stages(stages, sample, lambda: barrier(comm, config.poll_us / 1e6)) for sample in samples]
+        return [time_stages(stages, sample, comm.barrier) for sample in samples]
 
     def time_head():
         return time_streaming_head(head, config.batch_size)
@@ -111,8 +111,9 @@ def _profile(comm, config: Config, stages, image: tuple[int, int, int], head: St
     return profile
 
 
-def prepare(comm, config: Config) -> Job:
+def prepare(comm: Communicator, config: Config) -> Job:
     """Open the data, build the model, profile the ranks and broadcast rank 0's plan."""
+    comm.poll_s = config.poll_us / 1e6
     torch.set_num_threads(config.threads)
     data = collectively(comm, lambda: ImageSet(config.data, config.in_channels, config.mean, config.std))
     image = (config.in_channels, data.height, data.width)
@@ -130,7 +131,7 @@ def prepare(comm, config: Config) -> Job:
                          config.classifier_rank, config.batch_size, config.min_rows).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head, config.poll_us / 1e6))
+    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head))
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def run(comm, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+def run(comm: Communicator, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
         max_batches: int | None = None) -> Results | None:
     """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
@@ -171,15 +172,15 @@ def run(comm, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.
     logits, latencies = [], []
     began = time.perf_counter()
     for start, stop in tqdm(batches, desc="batches", unit="batch", disable=comm.rank != 0 or None, leave=False):
-        barrier(comm, job.config.poll_us / 1e6)
+        comm.barrier()
         tick = time.perf_counter()
         out = infer(start, stop)
         latencies.append(time.perf_counter() - tick)
         if classifier != 0:  # logits live on the classifier rank; rank 0 writes them
             if comm.rank == classifier:
-                comm.send(out.numpy(), dest=0, tag=99)
+                comm.send_object(out.numpy(), 0, Tag.LOGITS)
             elif comm.rank == 0:
-                out = torch.from_numpy(comm.recv(source=classifier, tag=99))
+                out = torch.from_numpy(comm.recv_object(classifier, Tag.LOGITS))
         if comm.rank == 0:
             logits.append(out.numpy())
             if on_batch:
@@ -188,9 +189,9 @@ def run(comm, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.
     timings = comm.gather(asdict(runtime.timings), root=0)
     if classifier != 0:
         if comm.rank == classifier:
-            comm.send(latencies, dest=0, tag=98)
+            comm.send_object(latencies, 0, Tag.LATENCIES)
         elif comm.rank == 0:
-            latencies = comm.recv(source=classifier, tag=98)
+            latencies = comm.recv_object(classifier, Tag.LATENCIES)
     if comm.rank != 0:
         return None
     done = sum(stop - start for start, stop in batches)

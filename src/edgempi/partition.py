@@ -109,6 +109,9 @@ def _cost_grown(block, counts: list[int], k: int) -> float:
     return block.cost(k, (lo, hi) if hi <= block.rows else (lo - 1, hi - 1))
 
 
+AUCTION_CANDIDATE_RANKS = 16
+
+
 def auction(block, slices_per_rank: int = 4) -> list[Rows]:
     """EdgeCI: slices of rows are auctioned one by one; every rank bids the time it would
     finish if it won the slice (its halo included), and the lowest bid wins."""
@@ -174,11 +177,13 @@ def _bisect(block, upper: float, forced: dict[int, int], fallback: list[Rows]) -
 def optimal(block) -> list[Rows]:
     """The partition minimising the block's predicted time: bisection on the slowest rank's
     time, started from the best of the other strategies. Giving each rank in turn the most rows
-    it finishes in time is exact when strips may be one row high; with a larger minimum the
-    bisection may miss a fit, so the auction is tried too. In the last block it also tries
-    every share of the classifier rank, whose own rows shorten the head's tail."""
+    it finishes in time misses partitions that save halo (one fast rank taking every row, for
+    one) and, with a minimum strip above one row, some fits, so every other strategy's
+    partition is a candidate too (the auction's, O(rows x ranks) bids, up to
+    ``AUCTION_CANDIDATE_RANKS`` ranks). In the last block it also tries every share of the
+    classifier rank, whose own rows shorten the head's tail."""
     candidates = []
-    for strategy in (equal, proportional) + ((auction,) if block.min_rows > 1 else ()):
+    for strategy in (equal, proportional) + ((auction,) if block.model.ranks <= AUCTION_CANDIDATE_RANKS else ()):
         try:
             candidates.append(strategy(block))
         except Infeasible:

@@ -15,10 +15,9 @@ import numpy as np
 from .costmodel import BlockCosts, CostModel, Trunk
 from .errors import EdgempiError
 from .geometry import Rows, is_empty
-from .partition import PARTITIONERS, STRATEGIES, Infeasible
+from .partition import AUCTION_CANDIDATE_RANKS, PARTITIONERS, STRATEGIES, Infeasible
 
 FUSIONS = ("dp", "pool", "none", "full", "fixed:K")
-AUCTION_CANDIDATE_RANKS = 16
 
 
 class PlanError(EdgempiError):

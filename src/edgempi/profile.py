@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .comm import Communicator
 from .costmodel import CostModel, fit_stage_costs
 from .data import atomic_path
 from .errors import EdgempiError
@@ -97,22 +97,6 @@ def _median_of(runs: list) -> list:
     return np.median(np.array(runs, dtype=float), axis=0).tolist()
 
 
-def _ping_pong(comm, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
-    """Median round-trip seconds of ``nbytes`` between this rank and ``peer``."""
-    buf = np.zeros(nbytes, dtype=np.uint8)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        if lead:
-            comm.Send(buf, dest=peer, tag=7)
-            comm.Recv(buf, source=peer, tag=7)
-        else:
-            comm.Recv(buf, source=peer, tag=7)
-            comm.Send(buf, dest=peer, tag=7)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:
     """Every pair of ranks exactly once, in ``size - 1`` rounds (``size`` if odd) of disjoint
     pairs, so that one round's ping-pongs run at the same time (the circle method)."""
@@ -125,7 +109,7 @@ def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:
     return rounds
 
 
-def _links(comm) -> dict[tuple[int, int], tuple[float, float]]:
+def _links(comm: Communicator) -> dict[tuple[int, int], tuple[float, float]]:
     """(latency, bandwidth) of the pairs this rank led; every rank takes part."""
     links = {}
     for pairs in pairing_rounds(comm.size):
@@ -133,11 +117,11 @@ def _links(comm) -> dict[tuple[int, int], tuple[float, float]]:
             if comm.rank in (low, high):
                 lead = comm.rank == low
                 peer = high if lead else low
-                small = _ping_pong(comm, peer, PING_BYTES, PING_REPEATS, lead)
-                bulk = _ping_pong(comm, peer, BULK_BYTES, BULK_REPEATS, lead)
+                small = comm.round_trip_s(peer, PING_BYTES, PING_REPEATS, lead)
+                bulk = comm.round_trip_s(peer, BULK_BYTES, BULK_REPEATS, lead)
                 if lead:
                     links[low, high] = (small / 2, 2 * BULK_BYTES / max(bulk - small, 1e-9))
-        comm.Barrier()
+        comm.barrier()
     return links
 
 
@@ -149,7 +133,7 @@ def jitter(times: np.ndarray) -> float:
     return float(np.median(lost) / np.median(times))
 
 
-def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
+def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
             head: Callable[[], tuple[float, float]] | None, description: str, repeats: int = 3,
             probe: Callable[[], None] | None = None, rounds: int = 20) -> Profile | None:
     """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
@@ -159,16 +143,16 @@ def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list
 
     Collective: every rank of ``comm`` calls it; the profile is returned on rank 0, None elsewhere.
     """
-    comm.Barrier()
+    comm.barrier()
     calibrate()  # warm-up: allocator, kernel selection
     stage_s = comm.gather(_median_of([calibrate() for _ in range(repeats)]), root=0)
     if head:
         head()
     head_s = _median_of([head() for _ in range(repeats)]) if head else [0.0, 0.0]
-    head_s = comm.reduce(np.array(head_s), root=0)
+    heads = comm.gather(head_s, root=0)
     probes = []
     for _ in range(rounds if probe else 0):
-        comm.Barrier()
+        comm.barrier()
         start = time.perf_counter()
         probe()
         probes.append(time.perf_counter() - start)
@@ -178,6 +162,7 @@ def measure(comm, stage_rows: list[list[int]], calibrate: Callable[[], list[list
     gathered = comm.gather(_links(comm), root=0)
     if comm.rank != 0:
         return None
+    head_s = np.sum(heads, axis=0)  # zeros but on the classifier
     latency = [[0.0] * comm.size for _ in range(comm.size)]
     bandwidth: list[list[float | None]] = [[None] * comm.size for _ in range(comm.size)]
     for part in gathered:

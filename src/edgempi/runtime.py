@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .comm import HaloExchange, MapSums, stream_to_root
+from .comm import Communicator, HaloExchange, MapSums, stream_to_root
 from .geometry import Rows, is_empty
 from .head import StreamingHead
 from .planner import Plan
@@ -43,15 +43,15 @@ class Runtime:
     only the classifier rank needs (and uses) the model's head.
     """
 
-    def __init__(self, comm, model: nn.Module, plan: Plan, head: StreamingHead | None = None, poll_s: float = 0.0):
+    def __init__(self, comm: Communicator, model: nn.Module, plan: Plan, head: StreamingHead | None = None):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
-        self.comm, self.model, self.plan, self.poll_s = comm, nhwc(model), plan, poll_s
+        self.comm, self.model, self.plan = comm, nhwc(model), plan
         self.rank = comm.rank
         self.stages = trunk_stages(model)
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
-        self.exchanges = [HaloExchange(comm, before.rows, after.needs, index, poll_s)
+        self.exchanges = [HaloExchange(comm, before.rows, after.needs, index)
                           for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
@@ -65,7 +65,7 @@ class Runtime:
         stages, heights = self.stages[block.first:block.end], self.heights[block.first:block.end + 1]
         held = [reduction_points(stages, heights, rows) for rows in block.rows]
         channels = next(([c for _, _, c in points] for points in held if points), [])
-        return MapSums(self.comm, reduction_owners(held)[self.rank], channels, self.poll_s)
+        return MapSums(self.comm, reduction_owners(held)[self.rank], channels)
 
     @property
     def input_rows(self) -> Rows:
@@ -103,7 +103,7 @@ class Runtime:
         if self.head is not None:
             self.head.start(batch)
         stream_to_root(self.comm, out, last.rows, (batch, last.out_channels, last.out_width),
-                       self.plan.classifier_rank, self._feed_head, self.poll_s)
+                       self.plan.classifier_rank, self._feed_head)
         logits = None
         if self.head is not None:
             tick = time.perf_counter()

@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     comm = None
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) > 1:
-        from mpi4py import MPI
+        from .comm import world
 
-        comm = MPI.COMM_WORLD
+        comm = world()
     return exit_status(lambda: train(args, comm) and None)
 
 

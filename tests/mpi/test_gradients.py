@@ -2,14 +2,12 @@
 
 import pytest
 import torch
-from mpi4py import MPI
 
 from edgempi.comm.gradients import average_gradients, broadcast_parameters
 
 
 @pytest.mark.mpi(min_size=2)
-def test_gradients_are_averaged_and_parameters_broadcast():
-    comm = MPI.COMM_WORLD
+def test_gradients_are_averaged_and_parameters_broadcast(comm):
     torch.manual_seed(comm.rank)  # every rank starts from other weights
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
                                 torch.nn.Linear(3 * 4 * 4, 2))

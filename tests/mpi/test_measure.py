@@ -3,14 +3,12 @@
 import time
 
 import pytest
-from mpi4py import MPI
 
 from edgempi.profile import measure
 
 
 @pytest.mark.mpi(min_size=2)
-def test_measure_times_every_rank_and_every_link():
-    comm = MPI.COMM_WORLD
+def test_measure_times_every_rank_and_every_link(comm):
     naps = [0.002 * (1 + r) for r in range(comm.size)]
 
     def calibrate():

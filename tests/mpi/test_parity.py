@@ -9,7 +9,7 @@ import torch
 from helpers import assert_parity, float_noise, images, plan_for, realistic_model
 from mpi4py import MPI
 
-from edgempi.comm import HaloExchange, JobError, collectively, stream_to_root
+from edgempi.comm import Communicator, HaloExchange, JobError, collectively, stream_to_root
 from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
 from edgempi.partition import split_rows
@@ -24,39 +24,43 @@ CASES = {  # speeds of up to 4 ranks, batch, image rows x cols, strategy, fusion
 }
 STRATEGIES = ["equal", "proportional", "auction", "optimal"]
 FUSIONS = ["dp", "pool", "none", "full", "fixed:3"]
+# pytest-mpi skips a size larger than the world
+SIZES = [pytest.param(size, marks=pytest.mark.mpi(min_size=size)) for size in (1, 2, 3, 4)]
 
 
 def on_ranks(size: int, work) -> None:
-    """Run ``work(comm)`` on the first ``size`` ranks; every world rank asserts the outcome."""
+    """Run ``work(comm)`` on the first ``size`` ranks; if it raises on any rank, every world rank
+    fails with all ranks' errors."""
     world = MPI.COMM_WORLD
-    if size > world.size:
-        pytest.skip(f"needs {size} ranks")
+    assert size <= world.size, f"{size} ranks asked of a world of {world.size}: mark the test mpi(min_size={size})"
     comm = world.Split(0 if world.rank < size else MPI.UNDEFINED, world.rank)
-    error = None
+    failure = None
     if comm != MPI.COMM_NULL:
+        job = Communicator(comm)
         try:
-            work(comm)
-        except AssertionError as exc:
-            error = f"rank {world.rank}: {exc}"
+            work(job)
+        except Exception as exc:  # pytest's outcomes (timeouts too) are BaseExceptions and pass through
+            failure = exc
         finally:
+            job.free()
             comm.Free()
+    error = None if failure is None else f"rank {world.rank}: {type(failure).__name__}: {failure}"
     errors = [e for e in world.allgather(error) if e]
-    assert not errors, "\n".join(errors)
+    if errors:
+        raise AssertionError("\n".join(errors)) from failure
 
 
-@pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", ["vgg16", "resnet34", "vgg16_compact", "resnet34_compact"])
 def test_distributed_logits_equal_plain_torch(name, size, case):
     speeds, batch, (height, width), strategy, fusion, classifier = CASES[case]
     check_parity(name, size, speeds, batch, (height, width), strategy, fusion, classifier)
 
 
-@pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", ["vgg16", "resnet34"])
 def test_every_strategy_and_fusion_keeps_the_answer(name, size, strategy, fusion):
     """On a slow-linked heterogeneous cluster, so that plans differ (idle ranks, odd blocks)."""
@@ -129,9 +133,8 @@ def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier,
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("seed", range(6))
-def test_halo_exchange_delivers_exactly_the_needed_rows(seed):
+def test_halo_exchange_delivers_exactly_the_needed_rows(comm, seed):
     """Random owners and needs (thin, empty, far-away strips): every rank gets rows lo..hi."""
-    comm = MPI.COMM_WORLD
     gen = torch.Generator().manual_seed(seed)
     height = 3 + int(torch.randint(0, 12, (1,), generator=gen))
     weights = (torch.rand(comm.size, generator=gen) * (torch.rand(comm.size, generator=gen) > 0.3)).tolist()
@@ -145,7 +148,7 @@ def test_halo_exchange_delivers_exactly_the_needed_rows(seed):
     lo, hi = owned[comm.rank]
     rows = torch.arange(lo, hi, dtype=torch.float32)
     strip = None if hi == lo else rows.view(1, 1, -1, 1).expand(2, 3, -1, 4).contiguous()
-    got = HaloExchange(comm, owned, needed, tag=seed).exchange(strip, (2, 3, 4))
+    got = HaloExchange(comm, owned, needed, boundary=seed).exchange(strip, (2, 3, 4))
     lo, hi = needed[comm.rank]
     if hi == lo:
         assert got is None
@@ -155,8 +158,7 @@ def test_halo_exchange_delivers_exactly_the_needed_rows(seed):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_stream_to_root_hands_every_strip_to_the_root_once():
-    comm = MPI.COMM_WORLD
+def test_stream_to_root_hands_every_strip_to_the_root_once(comm):
     owned = split_rows(7, [1.0, 0.0] + [1.0] * (comm.size - 2)) if comm.size > 2 else split_rows(7, [1.0, 2.0])
     full = torch.arange(2 * 3 * 7 * 5, dtype=torch.float32).view(2, 3, 7, 5)
     lo, hi = owned[comm.rank]
@@ -174,8 +176,7 @@ def test_stream_to_root_hands_every_strip_to_the_root_once():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_collectively_stops_every_rank_with_the_first_message():
-    comm = MPI.COMM_WORLD
+def test_collectively_stops_every_rank_with_the_first_message(comm):
 
     def step():
         if comm.rank >= 1:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import EdgempiError
+from .communicator import Communicator
 
 T = TypeVar("T")
 
@@ -14,7 +15,7 @@ class JobError(Exception):
     """Raised on every rank when any rank met bad input; the message is the first rank's."""
 
 
-def collectively(comm, step: Callable[[], T]) -> T | None:
+def collectively(comm: Communicator, step: Callable[[], T]) -> T | None:
     """Run ``step`` on every rank, then agree: if it raised ``EdgempiError`` on any rank,
     every rank raises ``JobError`` with the lowest failing rank's message.
 

@@ -6,21 +6,20 @@ import torch
 
 from ..geometry import Rows, intersect, is_empty
 from .buffers import as_buffer, nhwc_empty
-from .waiting import wait_all
-
+from .communicator import Communicator, Tag
 
 
 class HaloExchange:
     """Give every rank the next block's input rows it needs from the ranks that own them.
 
     ``owned[r]`` are the rows rank ``r`` computed in the previous block, ``needed[r]`` the
-    rows it reads in the next one. Send and receive ranges are computed once here; rows may
+    rows it reads in the next one; ``boundary`` numbers the block boundary (its message tag). Send and receive ranges are computed once here; rows may
     come from any rank, not only from neighbours, and a rank may own or need no rows.
     """
 
-    def __init__(self, comm, owned: list[Rows], needed: list[Rows], tag: int = 0, poll_s: float = 0.0):
+    def __init__(self, comm: Communicator, owned: list[Rows], needed: list[Rows], boundary: int = 0):
         me = comm.rank
-        self.comm, self.tag, self.poll_s = comm, tag, poll_s
+        self.comm, self.tag = comm, comm.tag(Tag.HALO, boundary)
         self.owned, self.needed = owned[me], needed[me]
         peers = [p for p in range(comm.size) if p != me]
         self.sends = [(p, rows) for p in peers if not is_empty(rows := intersect(owned[me], needed[p]))]
@@ -43,12 +42,12 @@ class HaloExchange:
         Collective over the ranks that share rows: every rank of ``comm`` calls it.
         """
         send_bufs, recv_bufs = self._buffers_for(shape)
-        requests = [self.comm.Irecv(as_buffer(buf), source=p, tag=self.tag)
+        requests = [self.comm.irecv(as_buffer(buf), p, self.tag)
                     for (p, _), buf in zip(self.recvs, recv_bufs)]
         for (p, (lo, hi)), buf in zip(self.sends, send_bufs):
             buf.copy_(strip[:, :, lo - self.owned[0]:hi - self.owned[0]])
-            requests.append(self.comm.Isend(as_buffer(buf), dest=p, tag=self.tag))
-        wait_all(requests, self.poll_s)
+            requests.append(self.comm.isend(as_buffer(buf), p, self.tag))
+        self.comm.wait_all(requests)
         if is_empty(self.needed):
             return None
         pieces = [(rows[0], buf) for (_, rows), buf in zip(self.recvs, recv_bufs)]

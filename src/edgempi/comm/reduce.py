@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
-
 from ..geometry import Rows
-from .waiting import wait_all
+from .communicator import Communicator
 
 
 class MapSums:
@@ -17,8 +15,8 @@ class MapSums:
     computes nothing in the block calls ``idle`` instead.
     """
 
-    def __init__(self, comm, owned: list[Rows], channels: list[int], poll_s: float = 0.0):
-        self.comm, self.owned, self.channels, self.poll_s = comm, owned, channels, poll_s
+    def __init__(self, comm: Communicator, owned: list[Rows], channels: list[int]):
+        self.comm, self.owned, self.channels = comm, owned, channels
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, x_lo: int) -> torch.Tensor:
@@ -36,6 +34,6 @@ class MapSums:
 
     def _add_up(self, local: torch.Tensor) -> torch.Tensor:
         total = local.contiguous()
-        wait_all([self.comm.Iallreduce(MPI.IN_PLACE, total.numpy(), op=MPI.SUM)], self.poll_s)
+        self.comm.allreduce_sum(total.numpy())
         self.calls += 1
         return total
