@@ -91,7 +91,7 @@ class CostModel:
     head_rest_s: float
     weight_bytes: float = 0.0  # trunk weights every rank holds
     head_bytes: float = 0.0  # head weights the classifier also holds
-    jitter: float = 0.0  # a block with several ranks also waits this share of its compute
+    jitter_s: float = 0.0  # a block with several ranks also waits this long for its slowest
 
     @property
     def ranks(self) -> int:
@@ -102,7 +102,7 @@ class CostModel:
         pick = np.asarray(ranks)
         return CostModel(self.stage_fixed_s[pick], self.stage_row_s[pick], self.latency_s[np.ix_(pick, pick)],
                          self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s,
-                         self.head_rest_s, self.weight_bytes, self.head_bytes, self.jitter)
+                         self.head_rest_s, self.weight_bytes, self.head_bytes, self.jitter_s)
 
     def allreduce_s(self, nbytes: float) -> float:
         """One Allreduce of ``nbytes`` over all ranks (recursive doubling on the slowest link)."""

@@ -186,7 +186,7 @@ class Planner:
     def step(self, before: Candidate | None, block: Candidate, level: int) -> float:
         """Predicted seconds of ``block`` after ``before`` (the last block: up to the logits)."""
         busy = block.compute + block.send + self.halo(before, block, level)
-        spread = self.costs.jitter * block.compute.max() if np.count_nonzero(block.compute) > 1 else 0.0
+        spread = self.costs.jitter_s if np.count_nonzero(block.compute) > 1 else 0.0
         return float(busy.max() + spread) + block.tail
 
     def best_path(self, allowed: list[tuple[int, int]] | None = None) -> list[tuple[int, int, int]]:

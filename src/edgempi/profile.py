@@ -45,7 +45,7 @@ class Profile:
     bandwidth_Bps: list[list[float | None]]
     memory_bytes: list[float | None]
     workload: str
-    jitter: float = 0.0  # relative: extra wait at a synchronisation, over the block's compute
+    jitter_s: float = 0.0  # extra wait at a synchronisation for the slowest rank
 
     @property
     def world_size(self) -> int:
@@ -62,7 +62,7 @@ class Profile:
         memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
         return CostModel(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]),
                          np.array(self.latency_s, dtype=float), bandwidth, memory, self.head_row_s, self.head_rest_s,
-                         jitter=self.jitter)
+                         jitter_s=self.jitter_s)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -125,12 +125,14 @@ def _links(comm: Communicator) -> dict[tuple[int, int], tuple[float, float]]:
     return links
 
 
-def jitter(times: np.ndarray) -> float:
-    """Relative time lost per synchronisation: ``times[rank, round]`` of the same work started
-    together; each round waits for its slowest rank's deviation from that rank's own median."""
+def jitter_s(times: np.ndarray) -> float:
+    """Seconds lost per synchronisation: ``times[rank, round]`` of the same work started
+    together; each round waits for its slowest rank's deviation from that rank's own median.
+    In seconds, not as a share of the work: a rank's lag (an interrupt, a CPU quota's throttled
+    stretch) does not grow with the block it delays."""
     deviation = times - np.median(times, axis=1, keepdims=True)
     lost = deviation.max(axis=0) - deviation.mean(axis=0)
-    return float(np.median(lost) / np.median(times))
+    return float(np.median(lost))
 
 
 def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
@@ -169,6 +171,6 @@ def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable
         for (low, high), (lat, bw) in part.items():
             latency[low][high] = latency[high][low] = lat
             bandwidth[low][high] = bandwidth[high][low] = bw
-    spread = jitter(np.array(probes)) if probe and comm.size > 1 else 0.0
+    spread = jitter_s(np.array(probes)) if probe and comm.size > 1 else 0.0
     return Profile(hosts, stage_rows, stage_s, float(head_s[0]), float(head_s[1]), latency, bandwidth, memory,
                    description, spread)
