@@ -54,8 +54,8 @@ def float_noise(model: nn.Module, x: torch.Tensor) -> float:
         return float((model(x * (1 + 1e-6)) - model(x)).abs().max())
 
 
-# The test models' noise floors are at most 3.5e-5; parity never loosens beyond this.
-NOISE_CAP = 2.5e-4  # the noisiest test model, ResNet-34-compact, measures 1.2e-4 to 2e-4
+# Parity never loosens beyond this: the noisiest test model, ResNet-34-compact, measures 1.2e-4 to 2e-4.
+NOISE_CAP = 2.5e-4
 
 
 def assert_parity(distributed: torch.Tensor, reference: torch.Tensor, noise: float = 0.0) -> None:

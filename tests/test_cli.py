@@ -99,6 +99,8 @@ def bad_data(tmp_path, kind):
     ("more-ranks-than-rows", 3, lambda t, d: ["--data", bad_data(t, "rows")], "3 ranks but the image has only 2 rows"),
     ("missing-weights", 2, lambda t, d: ["--data", d, "--weights", t / "none.pt"], "weights file .* does not exist"),
     ("bad-option", 2, lambda t, d: ["--bogus"], "unrecognized arguments"),
+    ("corrupt-profile", 2, lambda t, d: ["--data", d, "--profile", (t / "p.json", (t / "p.json").write_text("{}"))[0]],
+     "not a saved edgempi profile"),
 ])
 def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ranks, args, message):
     out, report = tmp_path / "o.h5", tmp_path / "r.json"

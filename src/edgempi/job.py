@@ -76,12 +76,16 @@ def calibration_heights(stages, height: int) -> list[int]:
 def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, int], head: StreamingHead | None) -> Profile | None:
     """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
     on the real model (every stage on every rank, the head on the classifier rank)."""
-    saved = None
-    if comm.rank == 0 and config.profile and Path(config.profile).exists():
+    def load() -> Profile | None:
+        if comm.rank != 0 or not config.profile or not Path(config.profile).exists():
+            return None
         saved = Profile.load(config.profile)
-        if saved.world_size != comm.size or len(saved.stage_rows[0]) != len(stages):
-            print(f"profile '{config.profile}' does not fit this job: measuring again", file=sys.stderr)
-            saved = None
+        if saved.world_size == comm.size and len(saved.stage_rows[0]) == len(stages):
+            return saved
+        print(f"profile '{config.profile}' does not fit this job: measuring again", file=sys.stderr)
+        return None
+
+    saved = collectively(comm, load)  # a bad file stops every rank, not only rank 0
     if comm.bcast(saved is not None, root=0):
         return saved
     channels, height, width = image
