@@ -40,7 +40,7 @@ def test_plan_from_a_saved_profile(tmp_path, capsys):
     # resnet18 at 64x64: 10 stages; a measured-looking profile of two equal ranks
     stage_rows = [[32, 16, 16, 16, 8, 8, 4, 4, 2, 2], [8, 4, 4, 4, 2, 2, 1, 1, 1, 1]]
     seconds = [[r * 1e-4 for r in stage_rows[0]], [r * 1e-4 + 1e-5 for r in stage_rows[1]]]
-    profile = Profile(["a", "b"], stage_rows, [seconds, seconds], 1e-4, 1e-5, [[0, 1e-5], [1e-5, 0]],
+    profile = Profile(["a", "b"], stage_rows, [seconds, seconds], [1e-4, 1e-4], 1e-5, [[0, 1e-5], [1e-5, 0]],
                       [[None, 1e9], [1e9, None]], [None, None], "test")
     profile.save(tmp_path / "p.json")
     config = tmp_path / "c.yaml"

@@ -19,7 +19,7 @@ def test_pairing_rounds_meet_every_pair_once_in_disjoint_rounds(size):
 def sample_profile():
     return Profile(hosts=["a", "b"], stage_rows=[[10, 5], [4, 2]],
                    stage_s=[[[0.10, 0.05], [0.04, 0.02]], [[0.30, 0.15], [0.14, 0.07]]],
-                   head_row_s=0.002, head_rest_s=0.001, latency_s=[[0.0, 1e-4], [1e-4, 0.0]],
+                   head_row_s=[0.002, 0.003], head_rest_s=0.001, latency_s=[[0.0, 1e-4], [1e-4, 0.0]],
                    bandwidth_Bps=[[None, 1e8], [1e8, None]], memory_bytes=[1e9, None], workload="x")
 
 

@@ -74,7 +74,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], timeline: dict | None, out: Path) -> None:
+def predictions(rows: list[dict]) -> str:
+    """Markdown: edgempi's predicted latency against the measured one, per model and device count."""
+    lines = ["| model | devices | predicted ms | measured ms | error |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["strategy"] == "edgempi":
+            error = r["predicted_s"] / r["latency_s"] - 1
+            lines.append(f"| {r['model']} | {r['devices']} | {1e3 * r['predicted_s']:.0f} | {1e3 * r['latency_s']:.0f} "
+                         f"| {100 * error:+.0f}% |")
+    return "\n".join(lines)
+
+
+def breakdown(report: dict) -> str:
+    """Markdown: where one plan's time went, per rank (mean ms per image) and per block."""
+    blocks = len(report["ranks"][0]["compute_s_per_block"])
+    lines = ["| rank | compute ms | halo ms | head ms | wait ms | compute per block, measured/predicted ms |",
+             "|---|---|---|---|---|---|"]
+    for r in report["ranks"]:
+        per_block = " ".join(f"{1e3 * m:.0f}/{1e3 * p:.0f}"
+                             for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"]))
+        lines.append(f"| {r['rank']} ({r['host']}) | {1e3 * r['compute_s']:.0f} | {1e3 * r['halo_s']:.0f} "
+                     f"| {1e3 * r['head_s']:.0f} | {1e3 * r['wait_s']:.0f} | {per_block} |")
+    return f"{report['model']} on {report['world_size']} devices, {blocks} blocks:\n" + "\n".join(lines)
+
+
+def plot(rows: list[dict], timelines: dict[str, dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,9 +115,10 @@ def plot(rows: list[dict], timeline: dict | None, out: Path) -> None:
         ax.set(xlabel="devices", ylabel="speedup over the fastest device", title=model, xticks=devices)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"speedup-{model}.png", dpi=120)
+        with atomic_path(out / f"speedup-{model}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
-    if timeline:
+    for model, timeline in timelines.items():
         fig, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(timeline["ranks"])))
         for r in timeline["ranks"]:
             start = 0.0
@@ -102,10 +127,11 @@ def plot(rows: list[dict], timeline: dict | None, out: Path) -> None:
                 ax.barh(r["rank"], 1e3 * compute, left=start + 1e3 * halo, color="tab:blue")
                 start += 1e3 * (halo + compute)
             ax.barh(r["rank"], 1e3 * (r["wait_s"] + r["head_s"]), left=start, color="tab:gray")
-        ax.set(xlabel="ms (mean per image): blue compute, orange halo in, grey gather / wait / head",
+        ax.set(xlabel="ms (mean per image): blue compute, orange halo in, grey head / its reduce",
                ylabel="rank", title=f"{timeline['model']} on {timeline['world_size']} devices, edgempi plan")
         fig.tight_layout()
-        fig.savefig(out / "timeline.png", dpi=120)
+        with atomic_path(out / f"timeline-{model}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
 
 
@@ -128,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         synth(args.data, 12, seed=11)
     speeds = [d.speed for d in cluster.devices]
     order = sorted(range(1, len(speeds) + 1), key=lambda n: -speeds[n - 1])  # fastest first
-    rows, timeline, fidelity, netem = [], None, [], False
+    rows, timelines, fidelity, netem = [], {}, [], False
     try:
         if emulated:
             netem = emulate.up(cluster)
@@ -148,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "ranks": report["ranks"]})
                     print(f"{model} {count} devices {name:<12} {1e3 * latency:8.1f} ms "
                           f"(predicted {1e3 * report['predicted_latency_s']:.1f})", flush=True)
-                    if name == "edgempi" and count == len(order) and timeline is None:
-                        timeline = report
+                    if name == "edgempi" and count == len(order):
+                        timelines[model] = report
     finally:
         if emulated:
             emulate.down()
@@ -158,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup"] = single / row["latency_s"]
         row["fraction_of_bound"] = row["speedup"] / row["bound"]
     print(table(rows))
+    print(predictions(rows))
+    for report in timelines.values():
+        print(breakdown(report))
     with atomic_path(out / "results.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "ranks"], extrasaction="ignore")
         writer.writeheader()
@@ -166,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps({"emulated": emulated, "cluster": args.cluster, "machine": machine(),
                                    "netem": netem, "fidelity": [asdict(f) for f in fidelity], "rows": rows},
                                   indent=2) + "\n")
-    plot(rows, timeline, out)
+    plot(rows, timelines, out)
     return 0
 
 

@@ -4,8 +4,9 @@ Time of a stage on rank ``k`` is ``a[k, s] + b[k, s] * rows`` (a fixed per-call 
 cost per output row it computes, recomputed halo rows included). A link costs
 ``latency + bytes / bandwidth``. A block takes as long as its slowest rank; a rank's time in a
 block is its compute plus receiving the halo rows it needs beyond its own strip from the ranks
-beside it. After the last block the others send their strips to the classifier rank, which has
-already added its own strip's share of the head and adds each other strip's as it arrives.
+beside it. In the last block every rank also multiplies its strip by its columns of the head's
+first Linear and sends that partial product to the classifier rank, which adds them up and runs
+the rest of the head.
 Every global reduction inside a block (a channel attention's mean) costs every rank one
 Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
 """
@@ -79,18 +80,20 @@ class Trunk:
 @dataclass
 class CostModel:
     """Per rank and stage: fixed seconds per call and seconds per output row; per pair of ranks:
-    latency and bandwidth; per rank: memory; on the classifier: head seconds per feature row
-    and for the rest of the head."""
+    latency and bandwidth; per rank: memory and the head's seconds per feature row; on the
+    classifier: seconds for the rest of the head."""
 
     stage_fixed_s: np.ndarray  # [ranks, stages]
     stage_row_s: np.ndarray  # [ranks, stages]
     latency_s: np.ndarray  # [ranks, ranks]
     bandwidth_Bps: np.ndarray  # [ranks, ranks], inf on the diagonal
     memory_bytes: np.ndarray  # [ranks], inf when unknown
-    head_row_s: float
+    head_row_s: np.ndarray  # [ranks]
     head_rest_s: float
     weight_bytes: float = 0.0  # trunk weights every rank holds
-    head_bytes: float = 0.0  # head weights the classifier also holds
+    head_bytes: float = 0.0  # head weights the classifier also holds (it builds the whole head)
+    head_row_bytes: float = 0.0  # the head's columns of one feature row, held by the rank that owns it
+    head_partial_bytes: float = 0.0  # one image's partial product of the head's first Linear
     jitter_s: float = 0.0  # a block with several ranks also waits this long for its slowest
 
     @property
@@ -101,8 +104,9 @@ class CostModel:
         """The same devices and links, for the given ranks only."""
         pick = np.asarray(ranks)
         return CostModel(self.stage_fixed_s[pick], self.stage_row_s[pick], self.latency_s[np.ix_(pick, pick)],
-                         self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s,
-                         self.head_rest_s, self.weight_bytes, self.head_bytes, self.jitter_s)
+                         self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s[pick],
+                         self.head_rest_s, self.weight_bytes, self.head_bytes, self.head_row_bytes,
+                         self.head_partial_bytes, self.jitter_s)
 
     def allreduce_s(self, nbytes: float) -> float:
         """One Allreduce of ``nbytes`` over all ranks (recursive doubling on the slowest link)."""
@@ -171,14 +175,15 @@ class BlockCosts:
             halo = self._links_in(-1, np.full((1, len(count)), above), self.in_row_bytes) \
                 + self._links_in(+1, below, self.in_row_bytes)
         send = np.zeros((ranks, len(count)))
-        if self.last:
-            c = self.classifier
-            compute[c] += self.model.head_row_s * count
-            lat, bw = self.model.latency_s[:, c][:, None], self.model.bandwidth_Bps[:, c][:, None]
-            send = np.where(np.arange(ranks)[:, None] == c, 0.0, lat + count * self.out_row_bytes / bw)
         peak = self.peak_hi[:, lo:] - self.peak_lo[:, lo:lo + 1]
-        peak = (peak[:-1] + peak[1:]).max(axis=0)
-        infeasible = (count < self.min_rows)[None, :] | (peak[None, :] > self.free_bytes[:, None])
+        peak = np.broadcast_to((peak[:-1] + peak[1:]).max(axis=0), (ranks, len(count)))
+        if self.last:
+            c, others = self.classifier, np.arange(ranks)[:, None] != self.classifier
+            compute = compute + self.model.head_row_s[:, None] * count
+            lat, bw = self.model.latency_s[:, c][:, None], self.model.bandwidth_Bps[:, c][:, None]
+            send = np.where(others, lat + self.model.head_partial_bytes * self.batch / bw, 0.0) + np.zeros(len(count))
+            peak = peak + np.where(others, count * self.model.head_row_bytes, 0.0)
+        infeasible = (count < self.min_rows)[None, :] | (peak > self.free_bytes[:, None])
         return {"compute": np.where(infeasible, math.inf, compute), "halo": halo, "send": send}
 
     def _table(self, lo: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,10 +213,7 @@ class BlockCosts:
     def makespan(self, rows: list[Rows]) -> float:
         """The block's predicted time under this partition (for the last block: to the logits)."""
         span = max(self.cost(k, r) for k, r in enumerate(rows))
-        if self.last:
-            own = rows[self.classifier][1] - rows[self.classifier][0]
-            span += self.model.head_row_s * (self.rows - own) + self.model.head_rest_s
-        return span
+        return span + self.model.head_rest_s if self.last else span
 
 
 def fit_stage_costs(rows: Sequence[Sequence[int]], seconds: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -237,9 +239,11 @@ def uniform_links(ranks: int, latency_s: Sequence[float], bandwidth_Bps: Sequenc
 def model_from_speeds(trunk: Trunk, speeds: Sequence[float], macs_per_s: float = 2e9, call_s: float = 2e-4,
                       latency_s: Sequence[float] | None = None, bandwidth_Bps: Sequence[float] | None = None,
                       memory_bytes: Sequence[float] | None = None, head_bytes: float = 0.0,
-                      head_rest_bytes: float = 0.0, memory_Bps: float = 4e9, weight_bytes: float = 0.0) -> CostModel:
+                      head_rest_bytes: float = 0.0, memory_Bps: float = 4e9, weight_bytes: float = 0.0,
+                      head_partial_bytes: float = 0.0) -> CostModel:
     """A cost model of simulated devices: a speed-1 device does ``macs_per_s``, every stage call
-    costs ``call_s / speed``, and the memory-bound head streams its weights at ``memory_Bps * speed``."""
+    costs ``call_s / speed``, and the memory-bound head streams its weights at ``memory_Bps * speed``
+    (the classifier, rank 0 by default, its rest)."""
     speeds = np.asarray(speeds, dtype=float)
     ranks = len(speeds)
     rows = np.array([max(shape[1], 1) for shape in trunk.shapes[1:]], dtype=float)
@@ -249,5 +253,6 @@ def model_from_speeds(trunk: Trunk, speeds: Sequence[float], macs_per_s: float =
     memory = np.asarray(memory_bytes if memory_bytes is not None else [math.inf] * ranks, dtype=float)
     out_rows = trunk.shapes[-1][1]
     return CostModel(np.outer(1 / speeds, np.full(trunk.depth, call_s)), np.outer(1 / speeds, per_row),
-                     latency, bandwidth, memory, head_bytes / out_rows / memory_Bps, head_rest_bytes / memory_Bps,
-                     weight_bytes, head_bytes + head_rest_bytes)
+                     latency, bandwidth, memory, head_bytes / out_rows / memory_Bps / speeds,
+                     head_rest_bytes / memory_Bps / speeds[0], weight_bytes, head_bytes + head_rest_bytes,
+                     head_bytes / out_rows, head_partial_bytes)

@@ -22,7 +22,7 @@ from .config import Config, ConfigError
 from .data import ImageSet
 from .geometry import is_empty
 from .models import build_model, load_weights
-from .head import StreamingHead, time_streaming_head
+from .head import HeadRows, classifier_head, time_head
 from .planner import Plan, make_plan, trunk_geometry
 from .profile import Profile, measure
 from .runtime import Runtime, Timings, nhwc
@@ -73,9 +73,11 @@ def calibration_heights(stages, height: int) -> list[int]:
     return [height, height]
 
 
-def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, int], head: StreamingHead | None) -> Profile | None:
+def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, int], features: tuple[int, int, int],
+             head: HeadRows | None) -> Profile | None:
     """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
-    on the real model (every stage on every rank, the head on the classifier rank)."""
+    on the real model (every stage and a row of the head on every rank, the rest of the head
+    on the classifier rank; ``features`` is the last feature map's shape)."""
     def load() -> Profile | None:
         if comm.rank != 0 or not config.profile or not Path(config.profile).exists():
             return None
@@ -95,8 +97,10 @@ def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, 
     def calibrate():
         return [time_stages(stages, sample, comm.barrier) for sample in samples]
 
-    def time_head():
-        return time_streaming_head(head, config.batch_size)
+    out_features = comm.bcast(head.out_features if head else None, root=config.classifier_rank)
+
+    def head_seconds():
+        return time_head(out_features, features[0] * features[2], config.batch_size, head)
 
     middle, short = len(stages) // 2, stage_heights(stages, heights[-1])
     with torch.inference_mode():
@@ -109,9 +113,11 @@ def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, 
             stages[middle].forward(x, 0, short[middle], (0, short[middle + 1]))
 
     profile = measure(comm, [stage_heights(stages, h)[1:] for h in heights], calibrate,
-                      time_head if head else None, f"{config.model} on {image}", config.calibration_repeats, probe)
-    if profile is not None and config.profile:
-        profile.save(config.profile)
+                      head_seconds, f"{config.model} on {image}", config.calibration_repeats, probe)
+    if profile is not None:
+        profile.head_width = out_features
+        if config.profile:
+            profile.save(config.profile)
     return profile
 
 
@@ -125,8 +131,8 @@ def prepare(comm: Communicator, config: Config) -> Job:
     model = collectively(comm, lambda: _model(config, with_head=classifier))
     stages = trunk_stages(nhwc(model))
     trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
-    head = StreamingHead(model, *trunk.shapes[-1]) if classifier else None
-    profile = collectively(comm, lambda: _profile(comm, config, stages, image, head))
+    head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
+    profile = collectively(comm, lambda: _profile(comm, config, stages, image, trunk.shapes[-1], head))
 
     def plan():
         if comm.rank != 0:

@@ -135,20 +135,15 @@ def auction(block, slices_per_rank: int = 4) -> list[Rows]:
     return rows
 
 
-def _greedy_fit(block, limit: float, forced: dict[int, int]) -> list[Rows] | None:
-    """In rank order, give each rank the most rows it can finish within ``limit`` (or exactly
-    ``forced[k]`` rows); None if the rows run out before the ranks do."""
+def _greedy_fit(block, limit: float) -> list[Rows] | None:
+    """In rank order, give each rank the most rows it can finish within ``limit``; None if
+    the ranks cannot cover the block that way."""
     rows, start = [], 0
     for k in range(block.model.ranks):
         if start == block.rows:
             rows.append(EMPTY)
             continue
-        if k in forced:
-            count = forced[k]
-            if count and (start + count > block.rows or block.costs(k, start)[count - 1] > limit):
-                return None
-        else:
-            count = block.most_rows(k, start, limit)
+        count = block.most_rows(k, start, limit)
         rows.append((start, start + count) if count else EMPTY)
         start += count
     return rows if start == block.rows else None
@@ -161,12 +156,12 @@ def _fluid_bound(block) -> float:
     return float(block.rows / np.sum(1.0 / per_row))
 
 
-def _bisect(block, upper: float, forced: dict[int, int], fallback: list[Rows]) -> tuple[float, list[Rows]]:
+def _bisect(block, upper: float, fallback: list[Rows]) -> tuple[float, list[Rows]]:
     """The smallest time limit within which ``_greedy_fit`` covers the block (to 1e-4)."""
     low, best = _fluid_bound(block), (upper, fallback)
     while best[0] - low > 1e-4 * best[0]:
         mid = (low + best[0]) / 2
-        rows = _greedy_fit(block, mid, forced)
+        rows = _greedy_fit(block, mid)
         if rows is None:
             low = mid
         else:
@@ -180,8 +175,7 @@ def optimal(block) -> list[Rows]:
     it finishes in time misses partitions that save halo (one fast rank taking every row, for
     one) and, with a minimum strip above one row, some fits, so every other strategy's
     partition is a candidate too (the auction's, O(rows x ranks) bids, up to
-    ``AUCTION_CANDIDATE_RANKS`` ranks). In the last block it also tries every share of the
-    classifier rank, whose own rows shorten the head's tail."""
+    ``AUCTION_CANDIDATE_RANKS`` ranks)."""
     candidates = []
     for strategy in (equal, proportional) + ((auction,) if block.model.ranks <= AUCTION_CANDIDATE_RANKS else ()):
         try:
@@ -191,14 +185,10 @@ def optimal(block) -> list[Rows]:
     if not candidates:
         raise Infeasible(f"no partition of block {block.first}..{block.end} fits the ranks")
     best = min(candidates, key=block.makespan)
-    shares = range(block.rows + 1) if block.last else [None]
-    for own in shares:
-        forced = {} if own is None else {block.classifier: own}
-        seed = _greedy_fit(block, math.inf, forced)
-        if seed is None:
-            continue
+    seed = _greedy_fit(block, math.inf)
+    if seed is not None:
         upper = min(max(block.cost(k, r) for k, r in enumerate(seed)), max(block.cost(k, r) for k, r in enumerate(best)))
-        rows = _bisect(block, upper, forced, seed)[1]
+        rows = _bisect(block, upper, seed)[1]
         if block.makespan(rows) < block.makespan(best):
             best = rows
     return best

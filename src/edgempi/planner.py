@@ -114,9 +114,9 @@ class Candidate:
 
     rows: list[Rows]
     needs: list[Rows]
-    compute: np.ndarray  # compute (and, in the last block, the classifier's own share of the head)
-    send: np.ndarray  # last block: the strip's way to the classifier
-    tail: float  # last block: the head's share of the other strips, and its rest
+    compute: np.ndarray  # compute (and, in the last block, the rank's share of the head)
+    send: np.ndarray  # last block: the partial product's way to the classifier
+    tail: float  # last block: the rest of the head
 
 
 class Planner:
@@ -164,10 +164,7 @@ class Planner:
         parts = [costs.parts(lo) if hi > lo else None for lo, hi in rows]
         kinds = {kind: np.array([p[kind][k, hi - lo - 1] if p else 0.0 for k, (p, (lo, hi)) in
                                  enumerate(zip(parts, rows))]) for kind in ("compute", "send")}
-        tail = 0.0
-        if costs.last:
-            own = rows[self.classifier][1] - rows[self.classifier][0]
-            tail = self.costs.head_row_s * (costs.rows - own) + self.costs.head_rest_s
+        tail = self.costs.head_rest_s if costs.last else 0.0
         return Candidate(rows, needs, kinds["compute"], kinds["send"], tail)
 
     def halo(self, before: Candidate | None, block: Candidate, level: int) -> np.ndarray:

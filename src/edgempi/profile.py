@@ -30,8 +30,8 @@ class Profile:
     """What rank 0 measured.
 
     ``stage_s[k][i][s]``: seconds rank ``k`` took for stage ``s`` computing ``stage_rows[i][s]``
-    output rows (calibration ``i`` = 0 on the whole image, 1 on a shorter one). On the
-    classifier: the head's seconds per feature row and for the rest. Per pair of ranks
+    output rows (calibration ``i`` = 0 on the whole image, 1 on a shorter one). Per rank: the
+    head's seconds per feature row; on the classifier: for the rest of the head. Per pair of ranks
     ``[i][j]``: one-way latency and bandwidth (bytes/s, None for i == j). Per rank: memory
     available after loading the model (None where unknown).
     """
@@ -39,13 +39,14 @@ class Profile:
     hosts: list[str]
     stage_rows: list[list[int]]
     stage_s: list[list[list[float]]]
-    head_row_s: float
+    head_row_s: list[float]
     head_rest_s: float
     latency_s: list[list[float]]
     bandwidth_Bps: list[list[float | None]]
     memory_bytes: list[float | None]
     workload: str
     jitter_s: float = 0.0  # extra wait at a synchronisation for the slowest rank
+    head_width: int = 0  # outputs of the head's first Linear: floats each rank sends the classifier
 
     @property
     def world_size(self) -> int:
@@ -61,8 +62,8 @@ class Profile:
         bandwidth = np.array([[np.inf if b is None else b for b in row] for row in self.bandwidth_Bps], dtype=float)
         memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
         return CostModel(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]),
-                         np.array(self.latency_s, dtype=float), bandwidth, memory, self.head_row_s, self.head_rest_s,
-                         jitter_s=self.jitter_s)
+                         np.array(self.latency_s, dtype=float), bandwidth, memory, np.array(self.head_row_s, dtype=float),
+                         self.head_rest_s, head_partial_bytes=4.0 * self.head_width, jitter_s=self.jitter_s)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -75,7 +76,8 @@ class Profile:
         except (OSError, ValueError, TypeError) as exc:
             raise ProfileError(f"profile '{path}' is not a saved edgempi profile ({exc})") from None
         ranks = profile.world_size
-        shapes = {len(profile.stage_s), len(profile.latency_s), len(profile.bandwidth_Bps), len(profile.memory_bytes)}
+        shapes = {len(profile.stage_s), len(profile.latency_s), len(profile.bandwidth_Bps), len(profile.memory_bytes),
+                  len(profile.head_row_s) if isinstance(profile.head_row_s, list) else -1}
         if shapes != {ranks} or any(len(s) != 2 or len(s[0]) != len(profile.stage_rows[0]) for s in profile.stage_s):
             raise ProfileError(f"profile '{path}' is inconsistent")
         return profile
@@ -136,10 +138,10 @@ def jitter_s(times: np.ndarray) -> float:
 
 
 def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
-            head: Callable[[], tuple[float, float]] | None, description: str, repeats: int = 3,
+            head: Callable[[], tuple[float, float]], description: str, repeats: int = 3,
             probe: Callable[[], None] | None = None, rounds: int = 20) -> Profile | None:
     """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
-    and ``head`` (seconds per feature row, seconds for the rest) on the one rank that passes it;
+    and ``head`` (seconds per feature row; on the classifier also for the rest of the head);
     time ``probe`` started together on every rank for ``rounds`` rounds (the jitter a block
     boundary waits for); ping-pong every pair of ranks, disjoint pairs at once.
 
@@ -148,10 +150,8 @@ def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable
     comm.barrier()
     calibrate()  # warm-up: allocator, kernel selection
     stage_s = comm.gather(_median_of([calibrate() for _ in range(repeats)]), root=0)
-    if head:
-        head()
-    head_s = _median_of([head() for _ in range(repeats)]) if head else [0.0, 0.0]
-    heads = comm.gather(head_s, root=0)
+    head()
+    heads = comm.gather(_median_of([head() for _ in range(repeats)]), root=0)
     probes = []
     for _ in range(rounds if probe else 0):
         comm.barrier()
@@ -164,7 +164,6 @@ def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable
     gathered = comm.gather(_links(comm), root=0)
     if comm.rank != 0:
         return None
-    head_s = np.sum(heads, axis=0)  # zeros but on the classifier
     latency = [[0.0] * comm.size for _ in range(comm.size)]
     bandwidth: list[list[float | None]] = [[None] * comm.size for _ in range(comm.size)]
     for part in gathered:
@@ -172,5 +171,6 @@ def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable
             latency[low][high] = latency[high][low] = lat
             bandwidth[low][high] = bandwidth[high][low] = bw
     spread = jitter_s(np.array(probes)) if probe and comm.size > 1 else 0.0
-    return Profile(hosts, stage_rows, stage_s, float(head_s[0]), float(head_s[1]), latency, bandwidth, memory,
+    return Profile(hosts, stage_rows, stage_s, [row for row, _ in heads], max(rest for _, rest in heads), latency,
+                   bandwidth, memory,
                    description, spread)

@@ -1,4 +1,4 @@
-"""Running a ``Plan`` on one rank: compute its strip of each fused block, swap halos, gather."""
+"""Running a ``Plan`` on one rank: compute its strip of each fused block, swap halos, add up the head."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .comm import Communicator, HaloExchange, MapSums, stream_to_root
+from .comm import Communicator, HaloExchange, MapSums, share_head
 from .geometry import Rows, is_empty
-from .head import StreamingHead
+from .head import HeadRows, classifier_head
 from .planner import Plan
 from .stages import reduction_owners, reduction_points, run_rows, stage_heights, trunk_stages
 
@@ -27,8 +27,8 @@ class Timings:
 
     compute_s: list[float]  # per block
     halo_s: list[float]  # per block boundary (after block i)
-    wait_s: float = 0.0  # in the gather at the classifier
-    head_s: float = 0.0
+    wait_s: float = 0.0  # adding up the head's partial products at the classifier
+    head_s: float = 0.0  # this rank's share of the head (and, on the classifier, the rest)
     batches: int = 0
 
     @classmethod
@@ -39,11 +39,12 @@ class Timings:
 class Runtime:
     """One rank's part of the distributed forward pass.
 
-    Every rank of ``comm`` builds it from the same plan and calls ``forward`` together;
-    only the classifier rank needs (and uses) the model's head.
+    Every rank of ``comm`` builds it from the same plan and calls ``forward`` together; only
+    the classifier rank needs the model's head (``head``, or built from ``model``): it hands
+    every rank the head's columns of its last strip.
     """
 
-    def __init__(self, comm: Communicator, model: nn.Module, plan: Plan, head: StreamingHead | None = None):
+    def __init__(self, comm: Communicator, model: nn.Module, plan: Plan, head: HeadRows | None = None):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
         self.comm, self.model, self.plan = comm, nhwc(model), plan
@@ -56,8 +57,9 @@ class Runtime:
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
         if self.is_classifier and head is None:
-            head = StreamingHead(model, last.out_channels, last.out_height, last.out_width)
-        self.head = head if self.is_classifier else None
+            head = classifier_head(model, last.out_channels, last.out_height, last.out_width)
+        self.head = share_head(comm, head if self.is_classifier else None, last.rows, plan.classifier_rank,
+                               last.out_channels * last.out_width)
         self.timings = Timings.empty(len(blocks))
 
     def _map_sums(self, block) -> MapSums:
@@ -98,22 +100,13 @@ class Runtime:
                 start = time.perf_counter()
                 x = self.exchanges[index].exchange(out, (batch, block.out_channels, block.out_width))
                 timings.halo_s[index] += time.perf_counter() - start
-        last = blocks[-1]
-        start, head_before = time.perf_counter(), timings.head_s
-        if self.head is not None:
-            self.head.start(batch)
-        stream_to_root(self.comm, out, last.rows, (batch, last.out_channels, last.out_width),
-                       self.plan.classifier_rank, self._feed_head)
-        logits = None
-        if self.head is not None:
-            tick = time.perf_counter()
-            logits = self.head.finish()
-            timings.head_s += time.perf_counter() - tick
-        timings.wait_s += time.perf_counter() - start - (timings.head_s - head_before)
+        start = time.perf_counter()
+        total = self.head.partial(out, batch)
+        reducing = time.perf_counter()
+        self.comm.reduce_sum(total.numpy(), self.plan.classifier_rank)
+        added = time.perf_counter()
+        logits = self.head.finish(total) if self.is_classifier else None
+        timings.head_s += reducing - start + time.perf_counter() - added
+        timings.wait_s += added - reducing
         timings.batches += 1
         return logits
-
-    def _feed_head(self, rows: Rows, strip: torch.Tensor) -> None:
-        start = time.perf_counter()
-        self.head.add(rows, strip)
-        self.timings.head_s += time.perf_counter() - start

@@ -15,14 +15,17 @@ def test_measure_times_every_rank_and_every_link(comm):
         time.sleep(naps[comm.rank])
         return [[naps[comm.rank], 0.001], [naps[comm.rank] / 2, 0.0005]]
 
-    head = (lambda: (0.003, 0.001)) if comm.rank == comm.size - 1 else None
+    def head():  # a row's share on every rank; the rest of the head on the last rank only
+        return 0.003 * (1 + comm.rank), 0.001 if comm.rank == comm.size - 1 else 0.0
+
     profile = measure(comm, [[10, 5], [4, 2]], calibrate, head, "naps", repeats=2)
     verdict = None
     if comm.rank == 0:
         n = comm.size
         checks = {
             "every rank's stage seconds": profile.stage_s == [calibrate_of(r, naps) for r in range(n)],
-            "head from its rank": (profile.head_row_s, profile.head_rest_s) == (0.003, 0.001),
+            "head row from every rank, rest from its rank": (profile.head_row_s, profile.head_rest_s)
+            == ([0.003 * (1 + r) for r in range(n)], 0.001),
             "latency symmetric, positive off the diagonal": all(
                 profile.latency_s[i][j] == profile.latency_s[j][i] and (i == j) == (profile.latency_s[i][j] == 0)
                 for i in range(n) for j in range(n)),

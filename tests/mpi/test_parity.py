@@ -9,9 +9,10 @@ import torch
 from helpers import assert_parity, float_noise, images, plan_for, realistic_model
 from mpi4py import MPI
 
-from edgempi.comm import Communicator, HaloExchange, JobError, collectively, stream_to_root
+from edgempi.comm import Communicator, HaloExchange, JobError, collectively, share_head
 from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
+from edgempi.head import classifier_head
 from edgempi.partition import split_rows
 from edgempi.runtime import Runtime
 
@@ -158,21 +159,22 @@ def test_halo_exchange_delivers_exactly_the_needed_rows(comm, seed):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_stream_to_root_hands_every_strip_to_the_root_once(comm):
-    owned = split_rows(7, [1.0, 0.0] + [1.0] * (comm.size - 2)) if comm.size > 2 else split_rows(7, [1.0, 2.0])
-    full = torch.arange(2 * 3 * 7 * 5, dtype=torch.float32).view(2, 3, 7, 5)
-    lo, hi = owned[comm.rank]
+def test_head_shares_add_up_to_the_head_at_the_classifier(comm):
+    """The classifier hands each rank its columns; partial products reduced there give the head."""
+    model = realistic_model("vgg11", seed=3)
+    owned = split_rows(6, [1.0, 0.0] + [1.0] * (comm.size - 2)) if comm.size > 2 else split_rows(6, [1.0, 2.0])
+    features = torch.rand(2, 512, 6, 5, generator=torch.Generator().manual_seed(4))
     root = comm.size - 1
-    got = []
-    strip = None if hi == lo else full[:, :, lo:hi].contiguous(memory_format=torch.channels_last)
-    stream_to_root(comm, strip, owned, (2, 3, 5), root, lambda rows, s: got.append((rows, s.clone())))
-    if comm.rank == root:
-        assert got[0][0] == owned[root]
-        assert sorted(rows for rows, _ in got) == sorted(r for r in owned if r[1] > r[0])
-        for (lo, hi), s in got:
-            assert torch.equal(s, full[:, :, lo:hi])
-    else:
-        assert got == []
+    whole = classifier_head(model, 512, 6, 5) if comm.rank == root else None
+    share = share_head(comm, whole, owned, root, 512 * 5)
+    lo, hi = owned[comm.rank]
+    with torch.inference_mode():
+        total = share.partial(features[:, :, lo:hi] if hi > lo else None, 2)
+        comm.reduce_sum(total.numpy(), root)
+        if comm.rank == root:
+            assert_parity(share.finish(total), model.head(features))
+        else:
+            assert share.columns.shape == (4096, (hi - lo) * 512 * 5) and share.rest is None
 
 
 @pytest.mark.mpi(min_size=2)

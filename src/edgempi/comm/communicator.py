@@ -23,7 +23,7 @@ class Tag(IntEnum):
     """Every point-to-point tag edgempi uses; halo exchanges use ``HALO + boundary``."""
 
     PING = 1
-    GATHER = 2
+    HEAD = 2
     LOGITS = 3
     LATENCIES = 4
     HALO = 16
@@ -94,6 +94,15 @@ class Communicator:
     def allreduce_sum(self, array: np.ndarray) -> None:
         """Add up ``array`` in place over all ranks. Collective: every rank calls it."""
         self.wait_all([self.iallreduce_sum(array)])
+
+    def reduce_sum(self, array: np.ndarray, root: int) -> None:
+        """Add up every rank's ``array`` into ``root``'s (in place there; unchanged elsewhere).
+        Collective: every rank calls it."""
+        if self.rank == root:
+            request = self.mpi.Ireduce(MPI.IN_PLACE, array, op=MPI.SUM, root=root)
+        else:
+            request = self.mpi.Ireduce(array, None, op=MPI.SUM, root=root)
+        self.wait_all([request])
 
     def bcast_array(self, array: np.ndarray, root: int = 0) -> None:
         """Give every rank ``root``'s ``array`` (in place). Collective: every rank calls it."""
