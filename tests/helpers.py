@@ -73,11 +73,22 @@ def plan_for(name: str, model: nn.Module, image: tuple[int, int, int], speeds, s
     never worth using is modelled as a very slow one)."""
     from edgempi.costmodel import Trunk, model_from_speeds
     from edgempi.planner import make_plan
-    from edgempi.stages import trunk_stages
 
-    trunk = Trunk.from_stages(trunk_stages(model), image)
+    trunk = Trunk.from_stages(model.stages(), image)
     costs = model_from_speeds(trunk, [max(s, 1e-4) for s in speeds], **cluster)
     return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch)
+
+
+def runtime_for(comm, model: nn.Module, plan):
+    """A rank's runtime as ``prepare`` builds it: NHWC stages, the whole head on the classifier."""
+    from edgempi.head import classifier_head
+    from edgempi.runtime import Runtime, nhwc
+
+    last = plan.blocks[-1]
+    head = None
+    if comm.rank == plan.classifier_rank:
+        head = classifier_head(model, last.out_channels, last.out_height, last.out_width)
+    return Runtime(comm, nhwc(model).stages(), plan, head)
 
 
 def plain_logits(checkpoint, data_path, name: str = "resnet18"):

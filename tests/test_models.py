@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
-from edgempi.stages import ResidualStage, stage_heights, trunk_stages
+from edgempi.stages import ResidualStage, stage_heights
 
 
 def n_params(model):
@@ -46,7 +46,7 @@ def test_seeded_weights_are_identical_with_and_without_head(name):
 def test_trunk_stages_reproduce_the_trunk(name):
     model = build_model(name, seed=1)
     x = torch.randn(1, 1, 40, 36)
-    stages = trunk_stages(model)
+    stages = model.stages()
     heights = stage_heights(stages, 40)
     with torch.inference_mode():
         out = x
@@ -104,7 +104,7 @@ def test_vgg_compact_units_are_residual_where_the_channels_stay():
     units = [m for m in model.features if isinstance(m, CompactConv)]
     assert [u.residual for u in units] == [u.reduce.in_channels == u.out_channels for u in units]
     assert sum(u.residual for u in units) == 9
-    residual = [s for s in trunk_stages(model) if isinstance(s, ResidualStage)]
+    residual = [s for s in model.stages() if isinstance(s, ResidualStage)]
     assert len(residual) == 9
     assert all([type(m) for m in s.post] == [nn.BatchNorm2d, nn.ReLU] for s in residual)
     with pytest.raises(ValueError, match="keeps its channels"):
@@ -116,7 +116,7 @@ def test_attention_stage_sums_only_what_its_reduce_gives():
     from edgempi.stages import AttentionStage, run_rows
 
     model = build_model("vgg11_compact", seed=2)
-    stages = trunk_stages(model)
+    stages = model.stages()
     heights = stage_heights(stages, 40)
     x = torch.randn(1, 1, 40, 36)
     with torch.no_grad():

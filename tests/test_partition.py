@@ -13,7 +13,6 @@ from edgempi.geometry import intersect, is_empty
 from edgempi.models import build_model
 from edgempi.partition import PARTITIONERS, Infeasible, split_rows
 from edgempi.planner import Plan, PlanError, Planner, make_plan, named_blocks
-from edgempi.stages import trunk_stages
 
 
 @given(n=st.integers(0, 500), weights=st.lists(st.floats(0, 100), min_size=1, max_size=64))
@@ -41,7 +40,7 @@ def test_split_rows_examples():
 
 
 MODELS = {name: build_model(name, with_head=False) for name in ("vgg11", "resnet18", "vgg16", "resnet34")}
-TRUNKS = {name: Trunk.from_stages(trunk_stages(MODELS[name]), (1, 64, 48)) for name in ("vgg11", "resnet18")}
+TRUNKS = {name: Trunk.from_stages(MODELS[name].stages(), (1, 64, 48)) for name in ("vgg11", "resnet18")}
 
 
 @st.composite
@@ -104,7 +103,7 @@ def test_dp_is_never_slower_than_a_fixed_fusion(cluster, name):
 
 @pytest.mark.parametrize("strategy", ["optimal", "equal"])
 def test_dp_agrees_with_brute_force_over_all_boundary_sets(strategy):
-    trunk = Trunk.from_stages(trunk_stages(MODELS["vgg11"])[:7], (1, 40, 40))  # 64 boundary sets
+    trunk = Trunk.from_stages(MODELS["vgg11"].stages()[:7], (1, 40, 40))  # 64 boundary sets
     costs = model_from_speeds(trunk, [1.0, 0.5, 0.7], latency_s=[2e-3] * 3, bandwidth_Bps=[1e6] * 3,
                               head_bytes=1e7, head_rest_bytes=1e6)
     planner = Planner(trunk, costs, strategy, classifier_rank=1)
@@ -117,10 +116,10 @@ def test_dp_agrees_with_brute_force_over_all_boundary_sets(strategy):
 
 
 def test_named_fusions():
-    vgg = Trunk.from_stages(trunk_stages(MODELS["vgg16"]), (1, 200, 200))
+    vgg = Trunk.from_stages(MODELS["vgg16"].stages(), (1, 200, 200))
     assert [vgg.names[end - 1] for _, end in named_blocks(vgg, "pool")] == [
         "features.4", "features.9", "features.16", "features.23", "features.30"]
-    resnet = Trunk.from_stages(trunk_stages(MODELS["resnet34"]), (1, 200, 200))
+    resnet = Trunk.from_stages(MODELS["resnet34"].stages(), (1, 200, 200))
     assert [resnet.names[end - 1] for _, end in named_blocks(resnet, "pool")] == ["maxpool"] + [
         f"layer{k}.{j}" for k, blocks in zip(range(1, 5), (3, 4, 6, 3)) for j in range(blocks)]
     assert named_blocks(vgg, "full") == [(0, vgg.depth)]
@@ -167,7 +166,7 @@ def test_thin_strips_take_halo_rows_from_beyond_the_neighbours():
 def test_plan_rejects_bad_clusters_and_images():
     from edgempi.planner import trunk_geometry
 
-    stages = trunk_stages(MODELS["vgg16"])
+    stages = MODELS["vgg16"].stages()
     with pytest.raises(PlanError, match="5 ranks but the image has only 4 rows"):
         trunk_geometry("vgg16", stages, (1, 4, 200), 5)
     with pytest.raises(PlanError, match="too small"):

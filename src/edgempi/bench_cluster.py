@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.bench_cluster", description=__doc__.split("\n")[0])
     parser.add_argument("--cluster", default=emulate.DEFAULT_CLUSTER)
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
-    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--data", default="data/bench.h5")
     parser.add_argument("--out", default="results/cluster")
     args = parser.parse_args(argv)

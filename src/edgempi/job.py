@@ -24,9 +24,9 @@ from .geometry import is_empty
 from .models import build_model, load_weights
 from .head import HeadRows, classifier_head, time_head
 from .planner import Plan, make_plan, trunk_geometry
-from .profile import Profile, measure
+from .profile import Profile, measure, time_stages
 from .runtime import Runtime, Timings, nhwc
-from .stages import stage_heights, time_stages, trunk_stages
+from .stages import stage_heights
 
 
 class RankParser(argparse.ArgumentParser):
@@ -129,7 +129,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
     image = (config.in_channels, data.height, data.width)
     classifier = comm.rank == config.classifier_rank
     model = collectively(comm, lambda: _model(config, with_head=classifier))
-    stages = trunk_stages(nhwc(model))
+    stages = nhwc(model).stages()
     trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
     head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
     profile = collectively(comm, lambda: _profile(comm, config, stages, image, trunk.shapes[-1], head))
@@ -141,7 +141,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
                          config.classifier_rank, config.batch_size, config.min_rows).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, profile, Runtime(comm, model, plan, head))
+    return Job(config, data, model, plan, profile, Runtime(comm, stages, plan, head))
 
 
 @dataclass

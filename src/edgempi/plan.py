@@ -25,7 +25,6 @@ from .models import build_model
 from .partition import STRATEGIES
 from .planner import Plan, make_plan, trunk_geometry
 from .profile import Profile
-from .stages import trunk_stages
 
 COMPARE_FUSIONS = ("dp", "pool", "none", "full", "fixed:3")
 
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, strategy=args.strategy, fusion=args.fusion)
         with torch.device("meta"):  # shapes only: no weights are drawn
             model = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
-        stages = trunk_stages(model)
+        stages = model.stages()
         image = (config.in_channels, *args.image)
         trunk = trunk_geometry(config.model, stages, image, 1)
         costs = cost_model(args, config, model, trunk, 1)

@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .comm import Communicator
 from .costmodel import CostModel, fit_stage_costs
 from .data import atomic_path
 from .errors import EdgempiError
+from .stages import Stage, stage_heights
 
 PING_BYTES, PING_REPEATS = 8, 20
 BULK_BYTES, BULK_REPEATS = 1 << 18, 3
@@ -97,6 +99,22 @@ def available_memory() -> float | None:
 def _median_of(runs: list) -> list:
     """Element-wise median of equally shaped nested lists of seconds."""
     return np.median(np.array(runs, dtype=float), axis=0).tolist()
+
+
+def time_stages(stages: list[Stage], x: torch.Tensor, before_each: Callable[[], None] | None = None) -> list[float]:
+    """Seconds each stage takes on the whole of ``x`` (one calibration pass); ``before_each``
+    runs untimed before every stage (the ranks' barrier: all ranks time the same stage at once,
+    sharing caches and memory bandwidth as they do in a run)."""
+    heights = stage_heights(stages, x.shape[2])
+    seconds = []
+    with torch.inference_mode():
+        for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            if before_each:
+                before_each()
+            start = time.perf_counter()
+            x = stage.forward(x, 0, n_in, (0, n_out))
+            seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:

@@ -10,9 +10,9 @@ from torch import nn
 
 from .comm import Communicator, HaloExchange, MapSums, share_head
 from .geometry import Rows, is_empty
-from .head import HeadRows, classifier_head
+from .head import HeadRows
 from .planner import Plan
-from .stages import reduction_owners, reduction_points, run_rows, stage_heights, trunk_stages
+from .stages import Stage, reduction_owners, reduction_points, run_rows, stage_heights
 
 
 def nhwc(model: nn.Module) -> nn.Module:
@@ -39,17 +39,16 @@ class Timings:
 class Runtime:
     """One rank's part of the distributed forward pass.
 
-    Every rank of ``comm`` builds it from the same plan and calls ``forward`` together; only
-    the classifier rank needs the model's head (``head``, or built from ``model``): it hands
-    every rank the head's columns of its last strip.
+    Every rank of ``comm`` builds it from the same plan and the ``stages`` of the same NHWC
+    model and calls ``forward`` together; the classifier rank passes the whole ``head``
+    (``classifier_head``) and hands every rank the head's columns of its last strip.
     """
 
-    def __init__(self, comm: Communicator, model: nn.Module, plan: Plan, head: HeadRows | None = None):
+    def __init__(self, comm: Communicator, stages: list[Stage], plan: Plan, head: HeadRows | None = None):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
-        self.comm, self.model, self.plan = comm, nhwc(model), plan
+        self.comm, self.stages, self.plan = comm, stages, plan
         self.rank = comm.rank
-        self.stages = trunk_stages(model)
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
         self.exchanges = [HaloExchange(comm, before.rows, after.needs, index)
@@ -57,7 +56,7 @@ class Runtime:
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
         if self.is_classifier and head is None:
-            head = classifier_head(model, last.out_channels, last.out_height, last.out_width)
+            raise ValueError("the classifier rank needs the head")
         self.head = share_head(comm, head if self.is_classifier else None, last.rows, plan.classifier_rank,
                                last.out_channels * last.out_width)
         self.timings = Timings.empty(len(blocks))

@@ -7,12 +7,13 @@ row offset. Padding is added only where a window reaches past the true image bor
 A global operation inside the trunk (a channel attention's mean over the whole map) asks a
 ``Reduce`` for the sum over the whole map: alone, the stage sums the rows it holds (all of
 them); in a distributed run, each rank sums only the rows it owns and the ranks add up.
+
+Each model family says how its trunk cuts into stages (``model.stages()`` in ``models/``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -150,32 +151,6 @@ class AttentionStage:
         return x[:, :, out_rows[0] - x_lo:out_rows[1] - x_lo] * scale
 
 
-def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[Stage]:
-    """A 3x3 conv as one stage, or a ``CompactConv`` as its four (``post`` after the last); a
-    residual ``CompactConv`` is one ``ResidualStage`` of those four (``post`` after the sum)."""
-    from .models import CompactConv
-
-    if not isinstance(module, CompactConv):
-        return [LayerStage(name, module, post)]
-    main = [LayerStage(f"{name}.reduce", module.reduce, [module.reduce_bn, module.relu]),
-            LayerStage(f"{name}.conv", module.conv, [module.conv_bn, module.relu]),
-            AttentionStage(f"{name}.attention", module.attention),
-            LayerStage(f"{name}.expand", module.expand, [] if module.residual else post)]
-    if not module.residual:
-        return main
-    return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)]
-
-
-def basic_block_stage(name: str, block: nn.Module) -> ResidualStage:
-    """A torchvision BasicBlock: two 3x3 convs (or two compact units) plus an identity or 1x1
-    downsample shortcut, ReLU after the sum; a fusion boundary follows it."""
-    main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
-            + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
-    down = block.downsample
-    shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
-    return ResidualStage(name, main, shortcut, [block.relu], boundary_after=True)
-
-
 class ResidualStage:
     """A main path of stages plus a shortcut stage, summed, then pointwise ``post`` modules."""
 
@@ -224,54 +199,12 @@ class ResidualStage:
 Stage = LayerStage | AttentionStage | ResidualStage
 
 
-def trunk_stages(model: nn.Module) -> list[Stage]:
-    """The model's trunk (everything before the head) as stages; pools and residual blocks
-    have ``boundary_after`` set (the natural fusion points: a residual block's halo grows by
-    two rows per 3x3 conv, so fusing whole residual layers recomputes most of a late map)."""
-    from .models import VGG, CompactConv, ResNet
-
-    if isinstance(model, VGG):
-        stages: list[Stage] = []
-        for index, module in enumerate(model.features):
-            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-                stages.append(LayerStage(f"features.{index}", module, boundary_after=True))
-            elif isinstance(module, (nn.Conv2d, CompactConv)):
-                stages += unit_stages(f"features.{index}", module, [])
-            else:
-                stages[-1].post.append(module)
-        return stages
-    if isinstance(model, ResNet):
-        stages = [LayerStage("conv1", model.conv1, [model.bn1, model.relu]),
-                  LayerStage("maxpool", model.maxpool, boundary_after=True)]
-        for k in range(1, 5):
-            layer = getattr(model, f"layer{k}")
-            stages += [basic_block_stage(f"layer{k}.{j}", block) for j, block in enumerate(layer)]
-        return stages
-    raise TypeError(f"cannot partition a {type(model).__name__}")
-
-
 def stage_heights(stages: list[Stage], height: int) -> list[int]:
     """Input height of every stage, then the trunk's output height (``len(stages) + 1`` values)."""
     heights = [height]
     for stage in stages:
         heights.append(stage.out_size(heights[-1]))
     return heights
-
-
-def time_stages(stages: list[Stage], x: torch.Tensor, before_each: Callable[[], None] | None = None) -> list[float]:
-    """Seconds each stage takes on the whole of ``x`` (one calibration pass); ``before_each``
-    runs untimed before every stage (the ranks' barrier: all ranks time the same stage at once,
-    sharing caches and memory bandwidth as they do in a run)."""
-    heights = stage_heights(stages, x.shape[2])
-    seconds = []
-    with torch.inference_mode():
-        for stage, n_in, n_out in zip(stages, heights, heights[1:]):
-            if before_each:
-                before_each()
-            start = time.perf_counter()
-            x = stage.forward(x, 0, n_in, (0, n_out))
-            seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[Rows]:

@@ -6,7 +6,7 @@ run covers every size. All ranks then agree on the verdict, so a failure is seen
 
 import pytest
 import torch
-from helpers import assert_parity, float_noise, images, plan_for, realistic_model
+from helpers import assert_parity, float_noise, images, plan_for, realistic_model, runtime_for
 from mpi4py import MPI
 
 from edgempi.comm import Communicator, HaloExchange, JobError, collectively, share_head
@@ -14,7 +14,6 @@ from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
 from edgempi.head import classifier_head
 from edgempi.partition import split_rows
-from edgempi.runtime import Runtime
 
 CASES = {  # speeds of up to 4 ranks, batch, image rows x cols, strategy, fusion, classifier rank
     "equal-batch1": ([1, 1, 1, 1], 1, (199, 173), "equal", "pool", 0),
@@ -89,16 +88,14 @@ class StripSums:
 def test_compact_attention_adds_up_every_rank_partial_sums(name):
     """The attention's mean is one Allreduce per attention layer over the whole map; the same
     run with each rank's own strip mean instead (EdgeDI's published code) gives other logits."""
-    from edgempi.stages import trunk_stages
-
     model, size, shape = realistic_model(name), 2, (64, 48)
-    attentions = sum(stage.reductions for stage in trunk_stages(model))
+    attentions = sum(stage.reductions for stage in model.stages())
 
     def work(comm):
         plan = plan_for(name, model, (1, *shape), [1, 1], "equal", "pool")
         x = images(1, *shape, seed=7)
         rows = plan.blocks[0].needs[comm.rank]
-        runtime = Runtime(comm, model, plan)
+        runtime = runtime_for(comm, model, plan)
         with torch.inference_mode():
             logits = runtime.forward(x[:, :, rows[0]:rows[1]], 1)
             assert sum(sums.calls for sums in runtime.map_sums) == attentions > 0
@@ -121,7 +118,7 @@ def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier,
                         classifier % size, batch, **cluster)
         x = images(batch, height, width, seed=size)
         rows = plan.blocks[0].needs[comm.rank]
-        runtime = Runtime(comm, model, plan)
+        runtime = runtime_for(comm, model, plan)
         with torch.inference_mode():
             logits = runtime.forward(None if is_empty(rows) else x[:, :, rows[0]:rows[1]], batch)
             if comm.rank == plan.classifier_rank:

@@ -16,11 +16,10 @@ def summary_row(name: str, height: int = 200, width: int = 200, in_channels: int
     """Parameters, multiply-accumulates of one forward pass (trunk and head) and the head's share
     of the weights, for a ``height`` x ``width`` image."""
     from ..costmodel import Trunk
-    from ..stages import trunk_stages
 
     with torch.device("meta"):  # shapes only: no weights are drawn
         model = build_model(name, in_channels, classes, reduction=reduction)
-    trunk = Trunk.from_stages(trunk_stages(model), (in_channels, height, width))
+    trunk = Trunk.from_stages(model.stages(), (in_channels, height, width))
     head = [m for prefix in model.head_prefixes for n, m in model.named_modules()
             if n.startswith(prefix[:-1]) and isinstance(m, nn.Linear)]
     params = sum(p.numel() for p in model.parameters())

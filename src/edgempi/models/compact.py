@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..stages import AttentionStage, LayerStage, ResidualStage, Stage
+
 DEFAULT_REDUCTION = 4
 
 
@@ -48,7 +50,23 @@ class CompactConv(nn.Module):
         self.expand = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.out_channels, self.residual = out_channels, residual
 
+    def stages(self, name: str, post: list[nn.Module]) -> list[Stage]:
+        """Its four stages (``post`` after the last) or, with ``residual``, one ``ResidualStage``
+        of those four (``post`` after the sum)."""
+        main = [LayerStage(f"{name}.reduce", self.reduce, [self.reduce_bn, self.relu]),
+                LayerStage(f"{name}.conv", self.conv, [self.conv_bn, self.relu]),
+                AttentionStage(f"{name}.attention", self.attention),
+                LayerStage(f"{name}.expand", self.expand, [] if self.residual else post)]
+        if not self.residual:
+            return main
+        return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.reduce_bn(self.reduce(x)))
         y = self.expand(self.attention(self.relu(self.conv_bn(self.conv(y)))))
         return x + y if self.residual else y
+
+
+def unit_stages(name: str, module: nn.Module, post: list[nn.Module]) -> list[Stage]:
+    """A 3x3 convolution as one stage, or a ``CompactConv`` as its stages."""
+    return module.stages(name, post) if isinstance(module, CompactConv) else [LayerStage(name, module, post)]

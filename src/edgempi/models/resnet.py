@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compact import CompactConv
+from ..stages import LayerStage, ResidualStage, Stage
+from .compact import CompactConv, unit_stages
 
 LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
@@ -36,6 +37,17 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
+
+
+def basic_block_stage(name: str, block: BasicBlock) -> ResidualStage:
+    """Two 3x3 convs (or two compact units) plus an identity or 1x1 downsample shortcut, ReLU
+    after the sum; a fusion boundary follows it (a residual block's halo grows by two rows per
+    3x3 conv, so fusing whole residual layers would recompute most of a late map)."""
+    main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
+            + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
+    down = block.downsample
+    shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
+    return ResidualStage(name, main, shortcut, [block.relu], boundary_after=True)
 
 
 class ResNet(nn.Module):
@@ -71,6 +83,15 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
+
+    def stages(self) -> list[Stage]:
+        """The trunk as stages: the stem, the pool (a fusion boundary), every basic block."""
+        stages = [LayerStage("conv1", self.conv1, [self.bn1, self.relu]),
+                  LayerStage("maxpool", self.maxpool, boundary_after=True)]
+        for k in range(1, 5):
+            layer = getattr(self, f"layer{k}")
+            stages += [basic_block_stage(f"layer{k}.{j}", block) for j, block in enumerate(layer)]
+        return stages
 
     def head_parts(self) -> tuple[nn.AdaptiveAvgPool2d, nn.Linear, nn.Module]:
         """The head as pool -> flatten -> first Linear -> the rest."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compact import CompactConv
+from ..stages import LayerStage, Stage
+from .compact import CompactConv, unit_stages
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -62,6 +63,18 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
+
+    def stages(self) -> list[Stage]:
+        """The trunk as stages; a fusion boundary follows every pool."""
+        stages: list[Stage] = []
+        for index, module in enumerate(self.features):
+            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+                stages.append(LayerStage(f"features.{index}", module, boundary_after=True))
+            elif isinstance(module, (nn.Conv2d, CompactConv)):
+                stages += unit_stages(f"features.{index}", module, [])
+            else:
+                stages[-1].post.append(module)
+        return stages
 
     def head_parts(self) -> tuple[nn.AdaptiveAvgPool2d, nn.Linear, nn.Module]:
         """The head as pool -> flatten -> first Linear -> the rest."""
