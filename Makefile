@@ -65,7 +65,7 @@ cluster-down: install
 	$(PY) -m edgempi.emulate down
 
 bench-cluster: install
-	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER) --out results/$(basename $(notdir $(CLUSTER)))
+	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER)
 
 # Accuracy on the real NEU-CLS set: convert it (with its split), train, evaluate at -np 1 and 2.
 NEU_DIR  ?= ../shared/neu-cls

@@ -29,7 +29,7 @@ MPIEXEC = str(Path(sys.executable).parent / "mpirun")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     path = tmp_path_factory.mktemp("cluster") / "two.yaml"
-    path.write_text("core_per_speed: 0.5\ndevices:\n"
+    path.write_text("core_per_speed: 0.4\ndevices:\n"
                     "  - {name: a, speed: 1.0, bandwidth_mbit: 50}\n"
                     "  - {name: b, speed: 0.5, bandwidth_mbit: 50}\n")
     spec = load_cluster(path)

@@ -141,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--data", default="data/bench.h5")
-    parser.add_argument("--out", default="results/cluster")
+    parser.add_argument("--out", help="default: results/<cluster file's name>")
     args = parser.parse_args(argv)
     cluster = load_cluster(args.cluster)
     reason = emulate.unavailable()
     emulated = reason is None
     if not emulated:
         print(f"no emulated cluster ({reason}): running the same matrix on local ranks", file=sys.stderr)
-    out = Path(args.out)
+    out = Path(args.out or f"results/{Path(args.cluster).stem}")
     out.mkdir(parents=True, exist_ok=True)
     if not Path(args.data).exists():
         synth(args.data, 12, seed=11)
