@@ -62,16 +62,6 @@ class Communicator:
         while not MPI.Request.Testall(requests):
             time.sleep(self.poll_s)
 
-    def wait_any(self, requests: list) -> int:
-        """Index of a completed request (which is then inactive)."""
-        if self.poll_s <= 0:
-            return MPI.Request.Waitany(requests)
-        while True:
-            index, done = MPI.Request.Testany(requests)
-            if done:
-                return index
-            time.sleep(self.poll_s)
-
     def barrier(self) -> None:
         """Collective: every rank calls it."""
         if self.poll_s <= 0:
@@ -87,13 +77,9 @@ class Communicator:
     def irecv(self, array: np.ndarray, source: int, tag: int):
         return self.mpi.Irecv(array, source=source, tag=tag)
 
-    def iallreduce_sum(self, array: np.ndarray):
-        """Start adding up ``array`` in place over all ranks. Collective: every rank calls it."""
-        return self.mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)
-
     def allreduce_sum(self, array: np.ndarray) -> None:
         """Add up ``array`` in place over all ranks. Collective: every rank calls it."""
-        self.wait_all([self.iallreduce_sum(array)])
+        self.wait_all([self.mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)])
 
     def reduce_sum(self, array: np.ndarray, root: int) -> None:
         """Add up every rank's ``array`` into ``root``'s (in place there; unchanged elsewhere).
@@ -159,4 +145,3 @@ class Communicator:
 def world(poll_s: float = 0.0) -> Communicator:
     """All the job's ranks. Collective over ``MPI_COMM_WORLD``."""
     return Communicator(MPI.COMM_WORLD, poll_s)
-

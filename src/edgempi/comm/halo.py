@@ -13,8 +13,9 @@ class HaloExchange:
     """Give every rank the next block's input rows it needs from the ranks that own them.
 
     ``owned[r]`` are the rows rank ``r`` computed in the previous block, ``needed[r]`` the
-    rows it reads in the next one; ``boundary`` numbers the block boundary (its message tag). Send and receive ranges are computed once here; rows may
-    come from any rank, not only from neighbours, and a rank may own or need no rows.
+    rows it reads in the next one; ``boundary`` numbers the block boundary (its message tag).
+    Send and receive ranges are computed once here; rows may come from any rank, not only
+    from neighbours, and a rank may own or need no rows.
     """
 
     def __init__(self, comm: Communicator, owned: list[Rows], needed: list[Rows], boundary: int = 0):

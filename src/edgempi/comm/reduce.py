@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from ..geometry import Rows
 from .communicator import Communicator
 
