@@ -69,3 +69,15 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
         del f["split"]
     assert main(["--model", "resnet18_compact", "--data", str(tmp_path / "s.h5"), "--out", str(tmp_path / "w.pt")]) == 2
     assert "no 'split'" in capsys.readouterr().err
+
+
+def test_the_same_seed_gives_the_same_weights(tmp_path):
+    args = one_epoch_args(tmp_path)
+    weights = []
+    for seed, name in ((0, "a.pt"), (0, "b.pt"), (1, "c.pt")):
+        args.seed, args.out = seed, str(tmp_path / name)
+        train(args)
+        weights.append(torch.load(args.out))
+    same, other = weights[1], weights[2]
+    assert all(torch.equal(weights[0][k], same[k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], other[k]) for k in weights[0])

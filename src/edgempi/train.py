@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -88,10 +89,20 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float | None, weight_d
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch and ask torch for deterministic kernels, so that two runs
+    with the same seed on the same machine (and thread count) give the same weights."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+
+
 def train(args, comm=None) -> dict:
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
     config = load_config(args.config, model=args.model, data=args.data, seed=args.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,7 +174,7 @@ def train(args, comm=None) -> dict:
                   f"val accuracy {100 * val_acc:.2f}%{' (best)' if improved else ''}, {record['seconds']:.0f} s",
                   file=sys.stderr)
     summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
-               "ranks": size, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
+               "ranks": size, "seed": config.seed, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
                "init": args.init, "optimizer": args.optimizer, "shift": args.shift, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
                "best": best, "history": history}
     if rank == 0:
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shift", type=int, default=0, help="random translations of up to this many pixels")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16: mixed precision (autocast; weights and evaluation stay float32)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seeds initialisation, shuffling and augmentation "
+                        "(default: the config's seed)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
     parser.add_argument("--init", help="start from these weights (a state_dict, e.g. an earlier OUT) with a new schedule")
