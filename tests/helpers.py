@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 1, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def float_noise(model: nn.Module, x: torch.Tensor) -> float:
+def float_noise(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     """How far plain torch's own logits move when the input changes by one part in a million:
     the float32 noise floor of a network (deep random compact networks amplify rounding)."""
     with torch.inference_mode():

@@ -8,6 +8,8 @@ from torch import nn
 from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
 from edgempi.stages import ResidualStage, stage_heights
 
+from helpers import assert_parity, float_noise
+
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
@@ -52,7 +54,7 @@ def test_trunk_stages_reproduce_the_trunk(name):
         out = x
         for stage, n_in, n_out in zip(stages, heights, heights[1:]):
             out = stage.forward(out, 0, n_in, (0, n_out))
-        torch.testing.assert_close(out, model.trunk(x))
+        assert_parity(out, model.trunk(x), float_noise(model.trunk, x))  # batch norms folded: rounding moves
 
 
 def test_load_weights_round_trip_and_errors(tmp_path):

@@ -53,13 +53,49 @@ def apply_pointwise(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` then ``norm`` (running statistics, as in eval mode) as one convolution:
+    the weights scaled by ``gamma / sqrt(var + eps)``, the bias shifted to match."""
+    with torch.no_grad():
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded.weight.data = folded.weight.data.contiguous(memory_format=layout)
+        folded.bias.copy_(shift)
+    return folded.eval()
+
+
+def _foldable(layer: nn.Module, post: list[nn.Module]) -> bool:
+    """A conv followed by a batch norm that uses its running statistics."""
+    return (isinstance(layer, nn.Conv2d) and bool(post) and isinstance(post[0], nn.BatchNorm2d)
+            and not post[0].training and post[0].running_var is not None and not layer.training)
+
+
 class LayerStage:
-    """One conv / max-pool / avg-pool (or identity) followed by pointwise modules (BN, ReLU)."""
+    """One conv / max-pool / avg-pool (or identity) followed by pointwise modules (BN, ReLU).
+
+    A batch norm right after a convolution of a model in eval mode is folded into the
+    convolution's weights when the stage is built (one pass over the map instead of two), so a
+    stage is built from the weights it will run with.
+    """
 
     reductions = 0
 
     def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
-        self.name, self.layer, self.post = name, layer, list(post)
+        post = list(post)
+        if _foldable(layer, post):
+            layer, post = fold_batch_norm(layer, post[0]), post[1:]
+        self.name, self.layer, self.post = name, layer, post
         self.boundary_after = boundary_after
         self.rows, self.cols = _windows(layer)
         self.pad_value = -math.inf if isinstance(layer, nn.MaxPool2d) else 0.0
