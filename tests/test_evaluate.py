@@ -9,14 +9,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_cli import ENV, MPIEXEC, ROOT
+from test_cli import ENV, ROOT
 
 from edgempi.data import ImageSet, synth
+from edgempi.launcher import mpirun
 from edgempi.models import build_model
 
 
 def evaluate(np_: int, *args, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [MPIEXEC, "--oversubscribe", "-np", str(np_), sys.executable, "-m", "edgempi.evaluate", *map(str, args)]
+    command = [*mpirun(np_), sys.executable, "-m", "edgempi.evaluate", *map(str, args)]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,14 +5,17 @@ import json
 import pytest
 
 from edgempi.cluster import ClusterError, load_cluster
+from edgempi.config import packaged
 from edgempi.plan import main
 from edgempi.profile import Profile
 
 
 def test_cluster_files_load(tmp_path):
-    farm = load_cluster("clusters/pi-farm-64.yaml")
+    farm = load_cluster("pi-farm-64")  # a packaged cluster by name
     assert len(farm.devices) == 64 and farm.devices[0].name == "pi5-1" and farm.devices[-1].speed == 0.35
-    assert load_cluster("clusters/pi4-hetero.yaml").speeds == [1.0, 0.75, 0.5, 0.5]
+    (tmp_path / "hetero.yaml").write_text(packaged("clusters")["pi4-hetero"].read_text())
+    assert load_cluster(tmp_path / "hetero.yaml").speeds == [1.0, 0.75, 0.5, 0.5]  # a file
+    assert {"emulated-hetero", "emulated-homogeneous", "pi4-hetero", "pi4-homogeneous"} <= set(packaged("clusters"))
     for text, message in [("devices: []", "non-empty"), ("devices: [{speed: -1}]", "positive"),
                           ("devices: [{sped: 1}]", "mapping"), ("speed: 1\ndevices: [{}]", "unknown setting")]:
         (tmp_path / "c.yaml").write_text(text)
@@ -22,7 +25,7 @@ def test_cluster_files_load(tmp_path):
 
 def test_plan_from_a_cluster_with_comparison(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/pi4-hetero.yaml", "--compare",
+    assert main(["--config", "vgg16", "--cluster", "pi4-hetero", "--compare",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "speedup" in printed and "<- best" in printed
@@ -50,7 +53,9 @@ def test_plan_from_a_saved_profile(tmp_path, capsys):
 
 
 def test_plan_errors_are_one_line(capsys):
-    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/none.yaml"]) == 2
-    assert capsys.readouterr().err.startswith("edgempi: error: cluster file")
-    assert main(["--config", "configs/vgg16.yaml", "--cluster", "clusters/pi4-hetero.yaml", "--image", "3x200"]) == 2
+    assert main(["--config", "vgg16", "--cluster", "clusters/none.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgempi: error: cluster file 'clusters/none.yaml' does not exist and is no packaged")
+    assert "pi4-hetero" in err and len(err.splitlines()) == 1
+    assert main(["--config", "vgg16", "--cluster", "pi4-hetero", "--image", "3x200"]) == 2
     assert "a 3x200 image is too small for vgg16" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from .data import atomic_path, synth
+from .launcher import mpirun
 
 MODELS = ("vgg16", "resnet34")
 COLUMNS = ("1 process, 1 thread", "1 process, 2 threads", "1 process, 1 thread, NHWC", "1 process, 2 threads, NHWC",
@@ -49,18 +49,13 @@ def single_device(model_name: str, data: str, threads: int, images: int, nhwc: b
     return times[1:]
 
 
-def _mpirun() -> list[str]:
-    mpiexec = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
-    return [mpiexec, "--oversubscribe"]
-
-
 def distributed(model_name: str, data: str, ranks: int, images: int) -> tuple[list[float], float]:
     """Per-image latencies of ``edgempi.infer`` on ``ranks`` local ranks (one thread each),
     and the latency its plan predicted."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        command = [*_mpirun(), "-np", str(ranks), sys.executable, "-m", "edgempi.infer",
-                   "--config", f"configs/{model_name}.yaml", "--data", data, "--limit", str(images),
+        command = [*mpirun(ranks), sys.executable, "-m", "edgempi.infer",
+                   "--config", model_name, "--data", data, "--limit", str(images),
                    "--report", str(report)]
         subprocess.run(command, check=True, capture_output=True, text=True)
         result = json.loads(report.read_text())

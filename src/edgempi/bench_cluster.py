@@ -6,7 +6,7 @@ DeepThings-style (``equal`` + ``full``) and edgempi's default (``optimal`` + ``d
 reports the median latency, the speedup over the fastest device alone, its fraction of the bound
 ``sum(speed)/speed(fastest)``, and predicted against measured. First it checks the devices'
 fidelity (``edgempi.emulate check --fidelity``). Writes CSV, JSON and PNG plots. Without root,
-namespaces or cgroups it says so and runs the same matrix on local ranks.
+namespaces, cgroups or Open MPI's mpirun it says so and runs the same matrix on local ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,16 @@ from . import emulate
 from .cluster import load_cluster
 from .data import atomic_path, synth
 from .fidelity import table as fidelity_table
+from .launcher import is_open_mpi, mpiexec, mpirun
 
 STRATEGIES = {"conventional": ("equal", "none"), "EdgeLD": ("proportional", "pool"),
               "DeepThings": ("equal", "full"), "edgempi": ("optimal", "dp")}
 
 
 def _mpirun(devices: list[int], emulated: bool) -> list[str]:
-    mpiexec = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
-    if emulated:
-        return [mpiexec, *emulate.mpirun_options(devices)]
-    return [mpiexec, "--oversubscribe", "-np", str(len(devices))]
+    if emulated:  # Open MPI's options (a launch agent per device)
+        return [mpiexec(), *emulate.mpirun_options(devices)]
+    return mpirun(len(devices))
 
 
 def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: str, images: int,
@@ -45,7 +44,7 @@ def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: s
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         command = [*_mpirun(devices, emulated), sys.executable, "-m", "edgempi.infer",
-                   "--config", f"configs/{model}.yaml", "--data", data, "--limit", str(images),
+                   "--config", model, "--data", data, "--limit", str(images),
                    "--strategy", strategy, "--fusion", fusion, "--poll-us", "200", "--profile", str(profile),
                    "--report", str(report)]
         env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -137,7 +136,8 @@ def plot(rows: list[dict], timelines: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.bench_cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("--cluster", default=emulate.DEFAULT_CLUSTER)
+    parser.add_argument("--cluster", default=emulate.DEFAULT_CLUSTER,
+                        help="a cluster file or a packaged name (default: %(default)s)")
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--data", default="data/bench.h5")
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cluster = load_cluster(args.cluster)
     reason = emulate.unavailable()
+    if reason is None and not is_open_mpi(mpiexec()):
+        reason = f"launching into the devices takes Open MPI's mpirun, not {mpiexec()}"
     emulated = reason is None
     if not emulated:
         print(f"no emulated cluster ({reason}): running the same matrix on local ranks", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Cluster files (``clusters/*.yaml``): simulated devices for the planner (pure: no MPI).
+"""Cluster files: simulated devices for the planner (pure: no MPI). ``--cluster`` takes a file or the
+bare name of one shipped in the package (``edgempi/clusters/NAME.yaml``: ``pi4-hetero``, ...).
 
 Each device has a relative ``speed`` (1.0 = the reference device), ``memory_mb``, and the
 ``bandwidth_mbit`` and ``latency_ms`` of its network link; ``count`` repeats an entry. The
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import find_yaml
 from .costmodel import CostModel, Trunk, model_from_speeds
 from .errors import EdgempiError
 
@@ -60,9 +62,8 @@ class Cluster:
 
 
 def load_cluster(path: str | Path) -> Cluster:
-    path = Path(path)
-    if not path.is_file():
-        raise ClusterError(f"cluster file '{path}' does not exist")
+    """Read a cluster file, or the packaged cluster of a bare name."""
+    path = find_yaml(path, "clusters", "cluster", ClusterError)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

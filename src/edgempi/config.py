@@ -1,8 +1,13 @@
-"""Typed run configuration: YAML loading, validation with one-line messages, CLI overrides."""
+"""Typed run configuration: YAML loading, validation with one-line messages, CLI overrides.
+
+``--config`` takes a file or the bare name of a config shipped in the package
+(``edgempi/configs/NAME.yaml``: ``vgg16``, ``resnet34_compact``, ...).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -63,13 +68,30 @@ def _check(config: Config) -> Config:
     return config
 
 
+def packaged(folder: str) -> dict[str, Path]:
+    """The YAML files shipped in the package's ``folder`` (``configs``, ``clusters``) by bare name."""
+    root = resources.files(__package__).joinpath(folder)
+    return {Path(f.name).stem: Path(str(f)) for f in root.iterdir() if f.name.endswith(".yaml")}
+
+
+def find_yaml(path: str | Path, folder: str, kind: str, error: type[Exception]) -> Path:
+    """``path`` when it is a file, else the packaged ``folder/NAME.yaml`` of a bare name (no
+    directory, no suffix); one line naming the packaged ones when it is neither."""
+    if Path(path).is_file():
+        return Path(path)
+    known = packaged(folder)
+    if str(path) in known:
+        return known[str(path)]
+    raise error(f"{kind} file '{path}' does not exist and is no packaged {kind} name "
+                f"(packaged: {', '.join(sorted(known))})")
+
+
 def load_config(path: str | Path | None, **overrides) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply non-None overrides."""
+    """Read a YAML config (a file, a packaged name, or the defaults when ``path`` is None) and
+    apply non-None overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
+        path = find_yaml(path, "configs", "config", ConfigError)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -7,8 +7,8 @@ kernel has ``netem``, delayed so that a round trip takes the device's ``latency_
 group ``edgempi/N`` (cgroup v1 ``cpu`` or v2 ``cpu.max``) with a quota of
 ``speed * core_per_speed`` cores over a short period (a few milliseconds: over CFS's default
 100 ms a device would alternate between full speed and tens of milliseconds frozen, instead
-of running like a slower CPU). ``scripts/emulated-agent`` launches MPI ranks into a device; MPI
-then runs over TCP through the shaped links. No MPI here: only ``ip``, ``tc`` and cgroup files.
+of running like a slower CPU). The package's ``emulated-agent`` script launches MPI ranks into a
+device; MPI then runs over TCP through the shaped links. No MPI here: only ``ip``, ``tc`` and cgroup files.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from .cluster import Cluster, load_cluster
@@ -32,8 +33,8 @@ MIN_QUOTA_US = 1000  # the kernel's smallest quota
 # 10 ms let a device that had been idle run its whole quota at full speed (20-40% fast).
 MIN_PERIOD_US = 5000
 MAX_PERIOD_US = 10_000
-AGENT = Path(__file__).resolve().parents[2] / "scripts" / "emulated-agent"
-DEFAULT_CLUSTER = "clusters/emulated-hetero.yaml"
+AGENT = Path(str(resources.files(__package__).joinpath("emulated-agent")))  # mpirun's launch agent (a shell script)
+DEFAULT_CLUSTER = "emulated-hetero"  # the packaged edgempi/clusters/emulated-hetero.yaml
 
 
 class EmulationError(EdgempiError):
@@ -65,6 +66,8 @@ def unavailable() -> str | None:
     for tool in ("ip", "tc", "unshare"):
         if shutil.which(tool) is None:
             return f"'{tool}' is not installed"
+    if not os.access(AGENT, os.X_OK):
+        return f"the launch agent {AGENT} is not an executable file"
     if cgroup_root() is None:
         return "no cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 with 'cpu' enabled)"
     probe = _run("ip", "netns", "add", f"{PREFIX}probe", check=False)
@@ -252,7 +255,8 @@ def fidelity(cluster: Cluster) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.emulate", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down", "check"])
-    parser.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    parser.add_argument("--cluster", default=DEFAULT_CLUSTER,
+                        help="a cluster file or a packaged name (default: %(default)s)")
     parser.add_argument("--fidelity", action="store_true",
                         help="with check: build the cluster, time a bursty convolution workload in every device "
                              "(alone, then all at once) against the file's speed; fail when one is off by over 10%%")

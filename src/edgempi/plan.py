@@ -85,9 +85,10 @@ def compare(trunk: Trunk, costs: CostModel, model: str, classifier: int, batch: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.plan", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config: model, classes, strategy, fusion")
+    parser.add_argument("--config", help="YAML config (a file or a packaged name such as vgg16): model, classes, "
+                        "strategy, fusion")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--cluster", help="clusters/*.yaml: simulated devices")
+    source.add_argument("--cluster", help="simulated devices: a cluster file or a packaged name (pi4-hetero, ...)")
     source.add_argument("--profile", help="a profile saved by edgempi.infer --profile")
     parser.add_argument("--image", type=_image, default=(200, 200), help="HEIGHTxWIDTH (default 200x200)")
     parser.add_argument("--strategy")

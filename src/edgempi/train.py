@@ -1,6 +1,6 @@
 """Train a model on the ``train`` split of an edgempi HDF5 file; select on ``val`` only.
 
-    python -m edgempi.train --config configs/resnet34_compact.yaml --data data/neu-cls.h5 --out data/w.pt
+    python -m edgempi.train --config resnet34_compact --data data/neu-cls.h5 --out data/w.pt
 
 Plain PyTorch training (SGD with Nesterov momentum or AdamW, one-cycle learning rate, gradient
 norm clipping, random flips and shifts, bf16 mixed precision), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
@@ -186,7 +186,7 @@ def train(args, comm=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config (model, reduction, normalisation)")
+    parser.add_argument("--config", help="YAML config, a file or a packaged name (model, reduction, normalisation)")
     parser.add_argument("--model", help="override the config's model")
     parser.add_argument("--data", help="edgempi HDF5 with a split")
     parser.add_argument("--out", required=True, help="best weights (state_dict); OUT.ckpt and OUT.json beside")
