@@ -91,6 +91,7 @@ NEU      := data/neu-cls.h5
 MODELS   ?= resnet34_compact resnet34 vgg16_compact vgg16_bn
 EPOCHS   ?= 30
 TRAIN_FLAGS ?=
+SEEDS    ?= 0 1 2
 WEIGHTS  := data/weights
 
 neu: $(NEU)
@@ -100,17 +101,19 @@ $(NEU): | $(VENV)/.installed
 	$(PY) -m edgempi.data convert $(NEU_DIR) $@
 
 train: $(NEU)
-	for m in $(MODELS); do $(PY) -m edgempi.train --config $$m --data $(NEU) \
-		--out $(WEIGHTS)/$$m.pt --epochs $(EPOCHS) $(TRAIN_FLAGS) || exit; done
+	for m in $(MODELS); do for s in $(SEEDS); do $(PY) -m edgempi.train --config $$m --data $(NEU) --seed $$s \
+		--out $(WEIGHTS)/$$m-seed$$s.pt --epochs $(EPOCHS) $(TRAIN_FLAGS) || exit; done; done
 
+# Every seed at -np 1; the first seed also at -np 2, compared with its -np 1 predictions.
 accuracy: $(NEU)
-	for m in $(MODELS); do \
+	for m in $(MODELS); do for s in $(SEEDS); do \
 		$(MPIEXEC) $(OVERSUBSCRIBE) -np 1 $(PY) -m mpi4py -m edgempi.evaluate --config $$m \
-			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np1.h5 \
-			--report results/accuracy/$$m-np1.json || exit; \
+			--data $(NEU) --weights $(WEIGHTS)/$$m-seed$$s.pt --output results/accuracy/$$m-seed$$s-np1.h5 \
+			--report results/accuracy/$$m-seed$$s-np1.json || exit; \
+	done; s=$(firstword $(SEEDS)); \
 		$(MPIEXEC) $(OVERSUBSCRIBE) -np 2 $(PY) -m mpi4py -m edgempi.evaluate --config $$m \
-			--data $(NEU) --weights $(WEIGHTS)/$$m.pt --output results/accuracy/$$m-np2.h5 \
-			--report results/accuracy/$$m-np2.json --reference results/accuracy/$$m-np1.h5 || exit; \
+			--data $(NEU) --weights $(WEIGHTS)/$$m-seed$$s.pt --output results/accuracy/$$m-seed$$s-np2.h5 \
+			--report results/accuracy/$$m-seed$$s-np2.json --reference results/accuracy/$$m-seed$$s-np1.h5 || exit; \
 	done
 	$(PY) scripts/accuracy-table $(MODELS)
 
