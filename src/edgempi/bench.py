@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import atomic_path, synth
+from .data import synth
+from .files import atomic_path
 
 MODELS = ("vgg16", "resnet34")
 COLUMNS = ("1 process, 1 thread", "1 process, 2 threads", "1 process, 1 thread, NHWC", "1 process, 2 threads, NHWC",

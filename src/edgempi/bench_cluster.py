@@ -26,7 +26,8 @@ from pathlib import Path
 
 from . import emulate
 from .cluster import load_cluster
-from .data import atomic_path, synth
+from .data import synth
+from .files import atomic_path
 from .fidelity import table as fidelity_table
 
 STRATEGIES = {"conventional": ("equal", "none"), "EdgeLD": ("proportional", "pool"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .cli import launcher_size
 from .config import load_config
-from .data import ImageSet, atomic_path
+from .data import ImageSet
 from .errors import EdgempiError, exit_status
+from .files import atomic_path
 from .models import build_model
 
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="go on from OUT.ckpt")
     args = parser.parse_args(argv)
     comm = None
-    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) > 1:
+    if launcher_size() > 1:
         from .comm import world
 
         comm = world()
