@@ -114,6 +114,26 @@ def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ra
     assert not out.exists() and not report.exists()
 
 
+# mpi4py made unimportable (as on a machine without libmpi) before the entry point runs
+WITHOUT_MPI = ("import runpy, sys; sys.modules['mpi4py'] = None; "
+               "sys.argv[0] = sys.argv[1]; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+@pytest.mark.parametrize("entry_point", ["infer", "evaluate", "plan", "train"])
+def test_help_needs_no_mpi(entry_point):
+    env = {k: v for k, v in ENV.items() if not k.startswith(("OMPI_COMM_WORLD_", "PMI_"))}
+    run = subprocess.run([sys.executable, "-c", WITHOUT_MPI, f"edgempi.{entry_point}", "--help"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"usage: python -m edgempi.{entry_point}") and "--config" in run.stdout
+
+
+def test_help_under_mpirun_is_printed_once():
+    run = infer(2, "--help", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("usage: python -m edgempi.infer") == 1
+
+
 def test_missing_hostfile_fails_fast():
     run = subprocess.run(["make", "-s", "check-hostfile", "HOSTFILE=hostfiles/none"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

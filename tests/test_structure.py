@@ -1,4 +1,5 @@
-"""The house's rules, read from the source: MPI only in comm/, and the core below the models."""
+"""The house's rules, read from the source: MPI only in comm/, the core below the models, entry
+points side by side."""
 
 import ast
 from pathlib import Path
@@ -7,8 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgempi"
 CORE = ["geometry", "stages", "costmodel", "partition", "planner"]
-ABOVE_CORE = ["models", "job", "infer", "evaluate", "train", "bench", "bench_cluster", "plan", "emulate", "profile",
-              "runtime", "comm"]
+ENTRY_POINTS = ["infer", "evaluate", "plan", "train", "bench", "bench_cluster"]
+ABOVE_CORE = ["models", "cli", "job", "calibration", "report", *ENTRY_POINTS, "emulate", "profile", "runtime", "comm"]
 
 
 def imported(path: Path) -> set[str]:
@@ -41,3 +42,10 @@ def test_the_core_imports_no_model_and_no_entry_point(module):
     names = imported(PACKAGE / f"{module}.py")
     upward = sorted(n for n in names if n.split(".")[0] in ABOVE_CORE)
     assert upward == []
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_no_entry_point_imports_another(module):
+    names = imported(PACKAGE / f"{module}.py")
+    sideways = sorted(n for n in names if n.split(".")[0] in ENTRY_POINTS)
+    assert sideways == []

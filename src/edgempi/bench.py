@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import atomic_path, synth
+from .data import synth
+from .files import atomic_path
 from .launcher import mpirun
 
 MODELS = ("vgg16", "resnet34")

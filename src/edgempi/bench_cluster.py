@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import emulate
 from .cluster import load_cluster
-from .data import atomic_path, synth
+from .data import synth
+from .files import atomic_path
 from .fidelity import table as fidelity_table
 from .launcher import is_open_mpi, mpiexec, mpirun
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import EdgempiError, exit_status
+from .files import atomic_path
 
 CLASS_PREFIXES = ("Cr", "In", "Pa", "PS", "RS", "Sc")
 CLASS_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
@@ -31,19 +30,6 @@ _NEU_NAME = re.compile(r"^(Cr|In|Pa|PS|RS|Sc)_(\d+)\.bmp$", re.IGNORECASE)
 
 class DataError(EdgempiError):
     """A data file or folder that cannot be used."""
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def stratified_split(labels: np.ndarray, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> np.ndarray:

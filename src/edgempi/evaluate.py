@@ -12,18 +12,25 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-from .comm import Communicator, collectively
-from .data import DataError, atomic_path
-from .infer import job_config, job_parser, main as run_job, write_report
-from .job import prepare, run, summarize
+from .cli import JobParser, job_parser, run_job
+from .data import DataError
+from .files import atomic_path
+from .report import summarize, write_report
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+    from .comm import Communicator
+    from .config import Config
 
 
-def parser(rank: int):
-    p = job_parser("python -m edgempi.evaluate", __doc__.split("\n\n")[0], rank)
+def parser() -> JobParser:
+    p = job_parser("python -m edgempi.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--split", default="test", help="train | val | test (default) | all")
     p.add_argument("--output", required=True, help="HDF5 with indices, labels, predictions, logits")
     p.add_argument("--confusion", help="confusion-matrix PNG (default: beside the report or output)")
@@ -123,10 +130,11 @@ def compare(path: str, reference: np.ndarray, logits: np.ndarray) -> dict:
             "max_abs_logit_difference": float(np.abs(logits - reference).max()) if len(same) else 0.0}
 
 
-def evaluate(comm: Communicator, argv: list[str] | None) -> None:
+def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
     """The whole evaluation; collective over ``comm``."""
-    args = collectively(comm, lambda: parser(comm.rank).parse_args(argv))
-    config = collectively(comm, lambda: job_config(args))
+    from .comm import collectively  # MPI: imported once the command line is read
+    from .job import prepare, run_batches
+
     job = prepare(comm, config)
     split = None if args.split == "all" else args.split
 
@@ -151,7 +159,7 @@ def evaluate(comm: Communicator, argv: list[str] | None) -> None:
     remaining = comm.bcast(remaining, root=0)
     if comm.rank == 0 and len(remaining) < len(wanted):
         print(f"resuming: {len(remaining)} images left", file=sys.stderr)
-    results = run(comm, job, remaining, parts.save if parts else None, args.max_batches)
+    results = run_batches(comm, job, remaining, parts.save if parts else None, args.max_batches)
     if comm.rank != 0:
         return
     indices, logits = parts.load()
@@ -200,7 +208,7 @@ def print_evaluation(report: dict, confusion: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(argv, job=evaluate)
+    return run_job(parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -1,51 +1,34 @@
-"""One inference job on every rank: set up (agreeing on bad input), run batches, collect results.
+"""One inference job on every rank: set it up (agreeing on bad input), then run its batches.
 
-Shared by the entry points; all functions here are collective over ``comm``.
+``prepare`` and ``run_batches`` are collective over ``comm``: every rank calls them, in that order.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .calibration import profile_job
 from .comm import Communicator, Tag, collectively
-from .config import Config, ConfigError
+from .config import Config
 from .data import ImageSet
 from .geometry import is_empty
+from .head import classifier_head
 from .models import build_model, load_weights
-from .head import HeadRows, classifier_head, time_head
 from .planner import Plan, make_plan, trunk_geometry
-from .profile import Profile, measure, time_stages
+from .profile import Profile
 from .runtime import Runtime, Timings, nhwc
-from .stages import stage_heights
-
-
-class RankParser(argparse.ArgumentParser):
-    """argparse that reports through ``EdgempiError`` and prints help on rank 0 only."""
-
-    def __init__(self, *args, rank: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rank = rank
-
-    def error(self, message: str):
-        raise ConfigError(message)
-
-    def _print_message(self, message, file=None):
-        if self.rank == 0:
-            super()._print_message(message, file)
 
 
 @dataclass
 class Job:
+    """What ``prepare`` set up on this rank."""
+
     config: Config
     data: ImageSet
     model: torch.nn.Module
@@ -62,65 +45,6 @@ def _model(config: Config, with_head: bool) -> torch.nn.Module:
     return model
 
 
-def calibration_heights(stages, height: int) -> list[int]:
-    """The whole image and a shorter one (about a quarter) that still survives the trunk."""
-    for short in range(max(1, height // 4), height):
-        try:
-            stage_heights(stages, short)
-            return [height, short]
-        except ValueError:
-            continue
-    return [height, height]
-
-
-def _profile(comm: Communicator, config: Config, stages, image: tuple[int, int, int], features: tuple[int, int, int],
-             head: HeadRows | None) -> Profile | None:
-    """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
-    on the real model (every stage and a row of the head on every rank, the rest of the head
-    on the classifier rank; ``features`` is the last feature map's shape)."""
-    def load() -> Profile | None:
-        if comm.rank != 0 or not config.profile or not Path(config.profile).exists():
-            return None
-        saved = Profile.load(config.profile)
-        if saved.world_size == comm.size and len(saved.stage_rows[0]) == len(stages):
-            return saved
-        print(f"profile '{config.profile}' does not fit this job: measuring again", file=sys.stderr)
-        return None
-
-    saved = collectively(comm, load)  # a bad file stops every rank, not only rank 0
-    if comm.bcast(saved is not None, root=0):
-        return saved
-    channels, height, width = image
-    heights = calibration_heights(stages, height)
-    samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
-
-    def calibrate():
-        return [time_stages(stages, sample, comm.barrier) for sample in samples]
-
-    out_features = comm.bcast(head.out_features if head else None, root=config.classifier_rank)
-
-    def head_seconds():
-        return time_head(out_features, features[0] * features[2], config.batch_size, head)
-
-    middle, short = len(stages) // 2, stage_heights(stages, heights[-1])
-    with torch.inference_mode():
-        x = samples[-1]
-        for stage, n_in, n_out in zip(stages[:middle], short, short[1:]):
-            x = stage.forward(x, 0, n_in, (0, n_out))
-
-    def probe():  # one real stage, a few milliseconds: how much do the ranks' times wander?
-        with torch.inference_mode():
-            stages[middle].forward(x, 0, short[middle], (0, short[middle + 1]))
-
-    profile = measure(comm, [stage_heights(stages, h)[1:] for h in heights], calibrate,
-                      head_seconds, f"{config.model} on {image}", config.calibration_repeats, probe)
-    if profile is not None:
-        profile.head_width = out_features
-        if config.profile:
-            profile.save(config.profile)
-    return profile
-
-
 def prepare(comm: Communicator, config: Config) -> Job:
     """Open the data, build the model, profile the ranks and broadcast rank 0's plan."""
     comm.poll_s = config.poll_us / 1e6
@@ -132,7 +56,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
     stages = nhwc(model).stages()
     trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
     head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
-    profile = collectively(comm, lambda: _profile(comm, config, stages, image, trunk.shapes[-1], head))
+    profile = collectively(comm, lambda: profile_job(comm, config, stages, image, trunk.shapes[-1], head))
 
     def plan():
         if comm.rank != 0:
@@ -146,7 +70,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
 
 @dataclass
 class Results:
-    """What rank 0 holds after ``run``."""
+    """What rank 0 holds after ``run_batches``."""
 
     indices: np.ndarray
     logits: np.ndarray
@@ -159,8 +83,9 @@ def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def run(comm: Communicator, job: Job, indices: np.ndarray, on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
-        max_batches: int | None = None) -> Results | None:
+def run_batches(comm: Communicator, job: Job, indices: np.ndarray,
+                on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                max_batches: int | None = None) -> Results | None:
     """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
     Rank 0 gets each batch's logits as it finishes and hands them to ``on_batch``. Each
@@ -207,36 +132,3 @@ def run(comm: Communicator, job: Job, indices: np.ndarray, on_batch: Callable[[n
     done = sum(stop - start for start, stop in batches)
     stacked = np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, 0), np.float32)
     return Results(indices[:done], stacked, latencies, elapsed, timings)
-
-
-def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
-    """The report: model, ranks, accuracy, latency, throughput, the plan, per-rank seconds."""
-    predictions = results.logits.argmax(1)
-    accuracy = None if labels is None else float((predictions == labels[results.indices]).mean())
-    lat = sorted(results.latencies)
-    per_rank = []
-    blocks = job.plan.blocks
-    for rank, t in enumerate(results.timings):
-        batches = max(t["batches"], 1)
-        per_rank.append({"rank": rank, "host": job.profile.hosts[rank] if job.profile else None,
-                         "compute_s": sum(t["compute_s"]) / batches, "halo_s": sum(t["halo_s"]) / batches,
-                         "wait_s": t["wait_s"] / batches, "head_s": t["head_s"] / batches,
-                         "compute_s_per_block": [s / batches for s in t["compute_s"]],
-                         "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
-                         "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
-                         "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks]})
-    return {
-        "model": job.config.model,
-        "world_size": job.plan.world_size,
-        "images": int(len(results.indices)),
-        "batch_size": job.config.batch_size,
-        "accuracy": accuracy,
-        "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
-                      "mean": statistics.fmean(lat), "batches": len(lat)},
-        "latencies_s": results.latencies,
-        "predicted_latency_s": job.plan.predicted_latency_s,
-        "throughput_img_s": len(results.indices) / results.elapsed_s,
-        "plan": job.plan.to_dict(),
-        "profile": None if job.profile is None else asdict(job.profile),
-        "ranks": per_rank,
-    }

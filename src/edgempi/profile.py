@@ -9,15 +9,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .comm import Communicator
 from .costmodel import CostModel, fit_stage_costs
-from .data import atomic_path
 from .errors import EdgempiError
+from .files import atomic_path
 from .stages import Stage, stage_heights
+
+if TYPE_CHECKING:  # profile.py imports no MPI: python -m edgempi.plan reads profiles without it
+    from .comm import Communicator
 
 PING_BYTES, PING_REPEATS = 8, 20
 BULK_BYTES, BULK_REPEATS = 1 << 18, 3

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .launcher import launcher_size
 from .config import load_config
-from .data import ImageSet, atomic_path
+from .data import ImageSet
 from .errors import EdgempiError, exit_status
+from .files import atomic_path
 from .models import build_model
 
 
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="go on from OUT.ckpt")
     args = parser.parse_args(argv)
     comm = None
-    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) > 1:
+    if launcher_size() > 1:
         from .comm import world
 
         comm = world()

@@ -1,0 +1,90 @@
+"""The command line of the distributed jobs (``python -m edgempi.infer``, ``edgempi.evaluate``).
+
+The command line is read before MPI starts, so ``--help`` works where there is no MPI at all.
+Every rank reads the same command line and reaches the same verdict without talking: help and
+a bad option are printed by rank 0 alone, as the launcher numbered it. ``edgempi.comm`` (and so
+mpi4py) is imported only once the command line is good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .config import Config, ConfigError, load_config
+from .launcher import launcher_rank
+
+if TYPE_CHECKING:
+    from .comm import Communicator
+
+class JobParser(argparse.ArgumentParser):
+    """argparse for a command line every rank reads: a bad option raises ``ConfigError``
+    instead of exiting, and help is printed on rank 0 only."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+    def print_help(self, file=None):
+        if launcher_rank() == 0:
+            super().print_help(file)
+
+
+def job_parser(prog: str, description: str) -> JobParser:
+    """The options every distributed job takes (infer, evaluate)."""
+    p = JobParser(prog=prog, description=description)
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--data", help="HDF5 file of images (python -m edgempi.data)")
+    p.add_argument("--weights", help="state_dict file; default: weights drawn from the config's seed")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=int, help="infer only the first N images")
+    p.add_argument("--threads", type=int, help="torch threads per rank (default 1)")
+    p.add_argument("--strategy", help="row partition: equal | proportional | auction | optimal (default)")
+    p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
+    p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
+    p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
+    p.add_argument("--report", help="JSON report")
+    return p
+
+
+def job_config(args: argparse.Namespace) -> Config:
+    """The config file named by ``--config`` with the other options laid over it."""
+    return load_config(args.config, data=args.data, weights=args.weights, batch_size=args.batch_size,
+                       limit=args.limit, strategy=args.strategy, fusion=args.fusion, profile=args.profile,
+                       threads=args.threads, poll_us=args.poll_us)
+
+
+def _fail(message: str, rank: int) -> int:
+    if rank == 0:
+        print(f"edgempi: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_job(parser: JobParser, body: Callable[[Communicator, argparse.Namespace, Config], None],
+            argv: list[str] | None = None) -> int:
+    """``python -m edgempi.X`` on every rank: read the command line, start MPI, agree on the
+    config, run ``body(comm, args, config)`` (collective over ``comm``); the exit status.
+
+    Bad input ends every rank with status 2 and one line from rank 0; an unexpected failure
+    prints its traceback on its rank and aborts all ranks (no hang).
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help
+        return exc.code or 0
+    except ConfigError as exc:
+        return _fail(str(exc), launcher_rank())
+    from .comm import JobError, collectively, world  # MPI starts here, once the command line is good
+
+    comm = world()
+    try:
+        body(comm, args, collectively(comm, lambda: job_config(args)))
+    except JobError as exc:
+        return _fail(str(exc), comm.rank)
+    except BaseException:
+        traceback.print_exc()
+        print(f"edgempi: internal error on rank {comm.rank}: aborting the job", file=sys.stderr)
+        comm.abort(1)
+    return 0

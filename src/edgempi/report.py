@@ -1,0 +1,71 @@
+"""The report of an inference job: built on rank 0 from the job and its results, printed, written."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .files import atomic_path
+
+if TYPE_CHECKING:  # the entry points import this module before MPI starts
+    from .job import Job, Results
+
+
+def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
+    """The report: model, ranks, accuracy, latency, throughput, the plan, per-rank seconds."""
+    predictions = results.logits.argmax(1)
+    accuracy = None if labels is None else float((predictions == labels[results.indices]).mean())
+    lat = sorted(results.latencies)
+    per_rank = []
+    blocks = job.plan.blocks
+    for rank, t in enumerate(results.timings):
+        batches = max(t["batches"], 1)
+        per_rank.append({"rank": rank, "host": job.profile.hosts[rank] if job.profile else None,
+                         "compute_s": sum(t["compute_s"]) / batches, "halo_s": sum(t["halo_s"]) / batches,
+                         "wait_s": t["wait_s"] / batches, "head_s": t["head_s"] / batches,
+                         "compute_s_per_block": [s / batches for s in t["compute_s"]],
+                         "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
+                         "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
+                         "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks]})
+    return {
+        "model": job.config.model,
+        "world_size": job.plan.world_size,
+        "images": int(len(results.indices)),
+        "batch_size": job.config.batch_size,
+        "accuracy": accuracy,
+        "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
+                      "mean": statistics.fmean(lat), "batches": len(lat)},
+        "latencies_s": results.latencies,
+        "predicted_latency_s": job.plan.predicted_latency_s,
+        "throughput_img_s": len(results.indices) / results.elapsed_s,
+        "plan": job.plan.to_dict(),
+        "profile": None if job.profile is None else asdict(job.profile),
+        "ranks": per_rank,
+    }
+
+
+def write_report(path: str, report: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_summary(report: dict, table: str) -> None:
+    """The plan's ``table``, the latency and accuracy, and per rank its seconds and each block's
+    measured against predicted compute time."""
+    lat = report["latency_s"]
+    accuracy = "n/a" if report["accuracy"] is None else f"{100 * report['accuracy']:.1f}%"
+    print(table)
+    print(f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
+          f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
+          f"{report['throughput_img_s']:.2f} img/s; accuracy {accuracy}")
+    print(f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms")
+    print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
+    for r in report["ranks"]:
+        blocks = " ".join(f"{1e3 * m:.1f}/{1e3 * p:.1f}"
+                          for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"]))
+        print(f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
+              f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}")
