@@ -3,11 +3,12 @@
 import math
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgempi.metrics import accuracy_interval
+from edgempi.metrics import accuracy_fields, accuracy_interval, class_metrics
 
 
 @given(st.integers(1, 5000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
@@ -32,3 +33,14 @@ def test_an_impossible_count_is_refused():
         accuracy_interval(5, 4)
     with pytest.raises(ValueError):
         accuracy_interval(0, 0)
+
+
+def test_class_metrics_count_the_confusion_and_bound_the_accuracy():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    metrics = class_metrics(labels, predictions, ["a", "b", "c"])
+    assert metrics["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["accuracy_interval_95"] == list(accuracy_interval(4, 6))
+    assert metrics["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "images": 2}
+    assert accuracy_fields(None, 6) == {"accuracy": None, "accuracy_interval_95": None}

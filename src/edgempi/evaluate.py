@@ -20,6 +20,7 @@ import numpy as np
 from .cli import JobParser, job_parser, run_job
 from .data import DataError
 from .files import atomic_path
+from .metrics import class_metrics, percent_with_interval
 from .report import summarize, write_report
 
 if TYPE_CHECKING:
@@ -73,20 +74,6 @@ class Parts:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder)
-
-
-def class_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, confusion matrix (rows: true class) and per-class precision and recall."""
-    n = len(classes)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
-    hits = np.diag(confusion)
-    per_class = {name: {"precision": float(hits[k] / predicted[k]) if predicted[k] else None,
-                        "recall": float(hits[k] / actual[k]) if actual[k] else None, "images": int(actual[k])}
-                 for k, name in enumerate(classes)}
-    return {"accuracy": float(hits.sum() / max(len(labels), 1)), "per_class": per_class,
-            "confusion": confusion.tolist()}
 
 
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str], title: str) -> None:
@@ -193,7 +180,7 @@ def _percent(value: float | None) -> str:
 
 
 def print_evaluation(report: dict, confusion: Path) -> None:
-    print(f"{report['images']} images of split '{report['split']}': accuracy {100 * report['accuracy']:.2f}%")
+    print(f"{report['images']} images of split '{report['split']}': accuracy {percent_with_interval(report)}")
     print("class                precision  recall  images")
     for name, m in report["per_class"].items():
         print(f"{name:<20} {_percent(m['precision']):>9}  {_percent(m['recall']):>6}  {m['images']:>6}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .files import atomic_path
+from .metrics import accuracy_fields, percent_with_interval
 
 if TYPE_CHECKING:  # the entry points import this module before MPI starts
     from .job import Job, Results
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # the entry points import this module before MPI starts
 def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
     """The report: model, ranks, accuracy, latency, throughput, the plan, per-rank seconds."""
     predictions = results.logits.argmax(1)
-    accuracy = None if labels is None else float((predictions == labels[results.indices]).mean())
+    hits = None if labels is None else int((predictions == labels[results.indices]).sum())
     lat = sorted(results.latencies)
     per_rank = []
     blocks = job.plan.blocks
@@ -36,7 +37,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
         "world_size": job.plan.world_size,
         "images": int(len(results.indices)),
         "batch_size": job.config.batch_size,
-        "accuracy": accuracy,
+        **accuracy_fields(hits, len(predictions)),
         "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
                       "mean": statistics.fmean(lat), "batches": len(lat)},
         "latencies_s": results.latencies,
@@ -57,11 +58,10 @@ def print_summary(report: dict, table: str) -> None:
     """The plan's ``table``, the latency and accuracy, and per rank its seconds and each block's
     measured against predicted compute time."""
     lat = report["latency_s"]
-    accuracy = "n/a" if report["accuracy"] is None else f"{100 * report['accuracy']:.1f}%"
     print(table)
     print(f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
           f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
-          f"{report['throughput_img_s']:.2f} img/s; accuracy {accuracy}")
+          f"{report['throughput_img_s']:.2f} img/s; accuracy {percent_with_interval(report)}")
     print(f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms")
     print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
