@@ -33,7 +33,7 @@ def trained_loss(tmp_path, args: Namespace) -> float:
 def one_epoch_args(tmp_path, optimizer: str = "sgd", lr: float | None = 0.01, precision: str = "fp32") -> Namespace:
     synth(tmp_path / "s.h5", 120, seed=1, size=32)
     return Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1, batch_size=8,
-                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2,
+                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2, contrast=0.3,
                      epochs=1, out=str(tmp_path / "w.pt"), init=None, limit=None, resume=False)
 
 

@@ -46,12 +46,19 @@ def load_split(data: ImageSet, split: str, limit: int | None = None) -> tuple[to
     return torch.from_numpy(data.images[indices]), torch.from_numpy(data.labels[indices])
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 0) -> torch.Tensor:
-    """Random horizontal and vertical flips per image (steel defects have no up or left) and,
-    with ``shift``, a random translation of up to ``shift`` pixels each way (reflected borders)."""
+def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 0, contrast: float = 0.0) -> torch.Tensor:
+    """Random horizontal and vertical flips per image (steel defects have no up or left); with
+    ``shift``, a random translation of up to ``shift`` pixels each way (reflected borders); with
+    ``contrast``, each image's deviations from its mean scaled by a factor drawn from
+    ``[1 - contrast, 1 + contrast]`` (the same defect photographed with more or less contrast)."""
     for dim in (2, 3):
         flip = torch.rand(len(images), generator=generator) < 0.5
         images[flip] = images[flip].flip(dim)
+    if contrast:
+        factor = 1 + contrast * (2 * torch.rand(len(images), 1, 1, 1, generator=generator) - 1)
+        pixels = images.float()
+        mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+        images = (mean + factor * (pixels - mean)).round().clamp(0, 255).to(images.dtype)
     if not shift:
         return images
     height, width = images.shape[-2:]
@@ -147,7 +154,7 @@ def train(args, comm=None) -> dict:
         batches = range(0, len(order), args.batch_size)
         for first in tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False):
             pick = order[first:first + args.batch_size][rank::size]
-            x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift)).to(device, memory_format=torch.channels_last)
+            x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift, args.contrast)).to(device, memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 loss = F.cross_entropy(model(x), train_y[pick].to(device))
             optimizer.zero_grad(set_to_none=False)
@@ -177,7 +184,7 @@ def train(args, comm=None) -> dict:
                   file=sys.stderr)
     summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
                "ranks": size, "seed": config.seed, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
-               "init": args.init, "optimizer": args.optimizer, "shift": args.shift, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
+               "init": args.init, "optimizer": args.optimizer, "shift": args.shift, "contrast": args.contrast, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
                "best": best, "history": history}
     if rank == 0:
         with atomic_path(f"{args.out}.json") as tmp:
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--clip-grad", type=float, default=5.0, help="largest gradient norm per step (0: no clipping)")
     parser.add_argument("--shift", type=int, default=0, help="random translations of up to this many pixels")
+    parser.add_argument("--contrast", type=float, default=0.0,
+                        help="random contrast: deviations from each image's mean scaled by 1 +- this (0: off)")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16: mixed precision (autocast; weights and evaluation stay float32)")
     parser.add_argument("--seed", type=int, help="seeds initialisation, shuffling and augmentation "
