@@ -8,7 +8,7 @@ from helpers import plan_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgempi.costmodel import BlockCosts, Trunk, model_from_speeds
+from edgempi.costmodel import StripCosts, Trunk, model_from_speeds
 from edgempi.geometry import intersect, is_empty
 from edgempi.models import build_model
 from edgempi.partition import PARTITIONERS, Infeasible, split_rows
@@ -54,11 +54,11 @@ def clusters(draw, max_ranks=6):
                 classifier=draw(st.integers(0, ranks - 1)), min_rows=draw(st.integers(1, 3)))
 
 
-def block_costs(trunk, cluster, first, end):
+def strip_costs(trunk, cluster, first, end):
     costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
                               bandwidth_Bps=cluster["bandwidth_Bps"], memory_bytes=cluster["memory_bytes"],
                               head_bytes=cluster["head_bytes"], head_rest_bytes=cluster["head_rest_bytes"])
-    return BlockCosts(trunk, costs, first, end, cluster["classifier"], 1, cluster["min_rows"])
+    return StripCosts(trunk, costs, first, end, cluster["classifier"], 1, cluster["min_rows"])
 
 
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,20 +70,20 @@ def test_every_strategy_gives_a_valid_partition_and_optimal_is_fastest(cluster, 
     trunk = TRUNKS[name]
     end = data.draw(st.integers(1, trunk.depth))
     first = data.draw(st.integers(0, end - 1))
-    block = block_costs(trunk, cluster, first, end)
+    costs = strip_costs(trunk, cluster, first, end)
     spans = {}
     for strategy, partition in PARTITIONERS.items():
         try:
-            rows = partition(block)
+            rows = partition(costs)
         except Infeasible:
             continue
         assert len(rows) == len(cluster["speeds"])
         owned = [r for r in rows if not is_empty(r)]
         assert [lo for lo, _ in owned] == [0] + [hi for _, hi in owned[:-1]], "contiguous, in rank order"
-        assert owned[-1][1] == block.rows
+        assert owned[-1][1] == costs.rows
         assert all(hi - lo >= cluster["min_rows"] for lo, hi in owned)
-        assert all(math.isfinite(block.cost(k, r)) for k, r in enumerate(rows)), "memory respected"
-        spans[strategy] = block.makespan(rows)
+        assert all(math.isfinite(t) for t in costs.seconds(rows)), "memory respected"
+        spans[strategy] = costs.makespan(rows)
     if spans:
         assert "optimal" in spans, f"optimal found no partition where {sorted(spans)} did"
         assert spans["optimal"] <= min(spans.values()) * (1 + 1e-9), spans

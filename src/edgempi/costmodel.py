@@ -9,6 +9,9 @@ first Linear and sends that partial product to the classifier rank, which adds t
 the rest of the head.
 Every global reduction inside a block (a channel attention's mean) costs every rank one
 Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
+
+``StripCosts`` is what the strategies and the planner ask: how long rank ``k`` takes for rows
+``lo..hi`` of one fused block, its halo included.
 """
 
 from __future__ import annotations
@@ -121,99 +124,112 @@ class CostModel:
         return list(1.0 / (self.stage_fixed_s + self.stage_row_s).sum(axis=1))
 
 
-class BlockCosts:
-    """Every rank's predicted seconds for any strip ``lo..hi`` of one fused block's output."""
+@dataclass
+class StripTimes:
+    """Each rank's predicted seconds for its strip of a fused block, by kind (arrays over ranks)."""
+
+    compute: np.ndarray  # compute (last block: and the rank's share of the head); inf where the strip does not fit
+    halo: np.ndarray  # receiving the halo rows from the ranks beside it
+    send: np.ndarray  # last block: the partial product's way to the classifier
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.compute + self.halo + self.send
+
+
+class StripCosts:
+    """The cost model's answer for one fused block (stages ``first..end``): how long each rank
+    takes to compute any strip ``lo..hi`` of the block's output, with its halo.
+
+    The halo is estimated from the ranks beside each rank (the planner counts it exactly);
+    a strip thinner than ``min_rows`` or too big for the rank's memory takes forever.
+    """
 
     def __init__(self, trunk: Trunk, model: CostModel, first: int, end: int, classifier: int,
                  batch: int = 1, min_rows: int = 1):
-        self.trunk, self.model, self.first, self.end = trunk, model, first, end
+        self._model, self.first, self.end = model, first, end
         self.rows = trunk.shapes[end][1]
-        self.last = end == trunk.depth
-        self.classifier, self.batch, self.min_rows = classifier, batch, min_rows
+        self.ranks = model.ranks
+        self.min_rows, self._classifier, self._batch = min_rows, classifier, batch
+        self._last = end == trunk.depth
+        self.tail_s = model.head_rest_s if self._last else 0.0  # after the slowest rank: the rest of the head
         lows, highs = trunk.chain(first, end)
-        self.in_lo, self.in_hi = lows[0], highs[0]
+        self._in_lo, self._in_hi = lows[0], highs[0]
         stages = slice(first, end)
         b = model.stage_row_s[:, stages]
-        self.fixed = model.stage_fixed_s[:, stages].sum(axis=1)
-        self.fixed += sum(trunk.reductions[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
-        self.by_hi = b @ np.stack(highs[1:])  # [ranks, rows]: sum_s b[k, s] * hi_s
-        self.by_lo = b @ np.stack(lows[1:])
+        self.fixed_s = model.stage_fixed_s[:, stages].sum(axis=1)  # per rank: every call of the block's stages
+        self.fixed_s += sum(trunk.reductions[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
+        self._by_hi = b @ np.stack(highs[1:])  # [ranks, rows]: sum_s b[k, s] * hi_s
+        self._by_lo = b @ np.stack(lows[1:])
+        self.all_rows_s = self._by_hi[:, -1] - self._by_lo[:, 0]  # per rank: every row alone, no fixed cost
         levels = range(first, end + 1)
         rb = np.array([trunk.row_bytes(level, batch) for level in levels], dtype=float)[:, None]
-        self.peak_lo, self.peak_hi = np.stack(lows) * rb, np.stack(highs) * rb
-        held = model.weight_bytes + np.where(np.arange(model.ranks) == classifier, model.head_bytes, 0.0)
-        self.free_bytes = model.memory_bytes - held
+        self._peak_lo, self._peak_hi = np.stack(lows) * rb, np.stack(highs) * rb
+        held = model.weight_bytes + np.where(np.arange(self.ranks) == classifier, model.head_bytes, 0.0)
+        self._free_bytes = model.memory_bytes - held
         in_rows = trunk.shapes[first][1]
-        self.own_lo = np.arange(self.rows) * in_rows // self.rows  # the input rows a strip would own
-        self.own_hi = np.arange(1, self.rows + 1) * in_rows // self.rows
-        self.in_row_bytes = trunk.row_bytes(first, batch)
-        self.out_row_bytes = trunk.row_bytes(end, batch)
-        self._costs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._neighbour_links: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._own_lo = np.arange(self.rows) * in_rows // self.rows  # the input rows a strip would own
+        self._own_hi = np.arange(1, self.rows + 1) * in_rows // self.rows
+        self._in_row_bytes = trunk.row_bytes(first, batch)
+        self._suffix_min: dict[int, np.ndarray] = {}
 
-    def _links_in(self, step: int, rows: np.ndarray, row_bytes: int) -> np.ndarray:
-        """Every rank's seconds to receive ``rows`` (per strip end) from rank ``k + step``."""
-        if step not in self._neighbour_links:
-            ranks = np.arange(self.model.ranks)
-            src = np.clip(ranks + step, 0, self.model.ranks - 1)
-            real = (src != ranks)[:, None]
-            lat = np.where(real[:, 0], self.model.latency_s[src, ranks], 0.0)[:, None]
-            self._neighbour_links[step] = (real, lat, self.model.bandwidth_Bps[src, ranks][:, None])
-        real, lat, bw = self._neighbour_links[step]
-        return np.where((rows > 0) & real, lat + rows * row_bytes / bw, 0.0)
+    def _receive(self, rank: np.ndarray, step: int, rows: np.ndarray) -> np.ndarray:
+        """Seconds for ``rank`` to receive ``rows`` input rows from rank ``rank + step``."""
+        src = np.clip(rank + step, 0, self.ranks - 1)
+        real = src != rank
+        lat = np.where(real, self._model.latency_s[src, rank], 0.0)
+        bw = self._model.bandwidth_Bps[src, rank]
+        return np.where((rows > 0) & real, lat + rows * self._in_row_bytes / bw, 0.0)
 
-    def parts(self, lo: int) -> dict[str, np.ndarray]:
-        """Every rank's predicted seconds for strips ``lo..hi``, ``hi = lo+1..rows``, by kind:
-        arrays ``[ranks, rows - lo]``."""
-        ranks = self.model.ranks
-        count = np.arange(1, self.rows - lo + 1)
-        compute = self.fixed[:, None] + self.by_hi[:, lo:] - self.by_lo[:, lo:lo + 1]
-        halo = np.zeros((ranks, len(count)))
+    def _times(self, rank: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> StripTimes:
+        """Times of non-empty strips ``lo..hi`` on ``rank`` (arrays that broadcast together)."""
+        lo, hi = np.broadcast_arrays(lo, hi)
+        count = hi - lo
+        compute = self.fixed_s[rank] + self._by_hi[rank, hi - 1] - self._by_lo[rank, lo]
+        halo = np.zeros(compute.shape)
         if self.first > 0:
-            above = max(0, int(self.own_lo[lo] - self.in_lo[lo]))
-            below = np.maximum(0, self.in_hi[lo:] - self.own_hi[lo:])[None, :]
-            halo = self._links_in(-1, np.full((1, len(count)), above), self.in_row_bytes) \
-                + self._links_in(+1, below, self.in_row_bytes)
-        send = np.zeros((ranks, len(count)))
-        peak = self.peak_hi[:, lo:] - self.peak_lo[:, lo:lo + 1]
-        peak = np.broadcast_to((peak[:-1] + peak[1:]).max(axis=0), (ranks, len(count)))
-        if self.last:
-            c, others = self.classifier, np.arange(ranks)[:, None] != self.classifier
-            compute = compute + self.model.head_row_s[:, None] * count
-            lat, bw = self.model.latency_s[:, c][:, None], self.model.bandwidth_Bps[:, c][:, None]
-            send = np.where(others, lat + self.model.head_partial_bytes * self.batch / bw, 0.0) + np.zeros(len(count))
-            peak = peak + np.where(others, count * self.model.head_row_bytes, 0.0)
-        infeasible = (count < self.min_rows)[None, :] | (peak > self.free_bytes[:, None])
-        return {"compute": np.where(infeasible, math.inf, compute), "halo": halo, "send": send}
+            above = np.maximum(0, self._own_lo[lo] - self._in_lo[lo])
+            below = np.maximum(0, self._in_hi[hi - 1] - self._own_hi[hi - 1])
+            halo = self._receive(rank, -1, above) + self._receive(rank, +1, below)
+        send = np.zeros(compute.shape)
+        peak = self._peak_hi[:, hi - 1] - self._peak_lo[:, lo]
+        peak = (peak[:-1] + peak[1:]).max(axis=0)
+        if self._last:
+            c, others = self._classifier, rank != self._classifier
+            compute = compute + self._model.head_row_s[rank] * count
+            send = np.where(others, self._model.latency_s[rank, c]
+                            + self._model.head_partial_bytes * self._batch / self._model.bandwidth_Bps[rank, c], 0.0)
+            peak = peak + np.where(others, count * self._model.head_row_bytes, 0.0)
+        infeasible = (count < self.min_rows) | (peak > self._free_bytes[rank])
+        return StripTimes(np.where(infeasible, math.inf, compute), halo, send)
 
-    def _table(self, lo: int) -> tuple[np.ndarray, np.ndarray]:
-        if lo not in self._costs:
-            parts = self.parts(lo)
-            times = parts["compute"] + parts["halo"] + parts["send"]
-            self._costs[lo] = times, np.minimum.accumulate(times[:, ::-1], axis=1)[:, ::-1]
-        return self._costs[lo]
+    def times(self, rows: Sequence[Rows]) -> StripTimes:
+        """Each rank ``k``'s times for the strip ``rows[k]`` (one strip per rank; empty: 0)."""
+        strips = np.array(rows, dtype=int).reshape(-1, 2)
+        busy = np.flatnonzero(strips[:, 1] > strips[:, 0])
+        parts = self._times(busy, strips[busy, 0], strips[busy, 1])
+        kinds = []
+        for part in (parts.compute, parts.halo, parts.send):
+            full = np.zeros(len(strips))
+            full[busy] = part
+            kinds.append(full)
+        return StripTimes(*kinds)
 
-    def costs(self, k: int, lo: int) -> np.ndarray:
-        """Rank ``k``'s total predicted seconds for strips ``lo..hi``, ``hi = lo+1..rows``."""
-        return self._table(lo)[0][k]
+    def seconds(self, rows: Sequence[Rows]) -> np.ndarray:
+        """Each rank ``k``'s predicted seconds for the strip ``rows[k]`` (empty: 0)."""
+        return self.times(rows).total
 
-    def most_rows(self, k: int, lo: int, limit: float) -> int:
-        """The most rows from ``lo`` on that rank ``k`` finishes within ``limit`` (0 if none)."""
-        suffix_min = self._table(lo)[1][k]  # non-decreasing: the last index at or under the limit
-        return int(np.searchsorted(suffix_min, limit, side="right"))
-
-    def forget(self) -> None:
-        """Drop the cached cost tables."""
-        self._costs.clear()
-
-    def cost(self, k: int, rows: Rows) -> float:
-        lo, hi = rows
-        return 0.0 if hi <= lo else float(self.costs(k, lo)[hi - lo - 1])
-
-    def makespan(self, rows: list[Rows]) -> float:
+    def makespan(self, rows: Sequence[Rows]) -> float:
         """The block's predicted time under this partition (for the last block: to the logits)."""
-        span = max(self.cost(k, r) for k, r in enumerate(rows))
-        return span + self.model.head_rest_s if self.last else span
+        return float(self.seconds(rows).max()) + self.tail_s
+
+    def most_rows(self, rank: int, lo: int, limit: float) -> int:
+        """The most rows from ``lo`` on that ``rank`` finishes within ``limit`` (0 if none)."""
+        if lo not in self._suffix_min:
+            times = self._times(np.arange(self.ranks)[:, None], lo, np.arange(lo + 1, self.rows + 1)[None, :]).total
+            self._suffix_min[lo] = np.minimum.accumulate(times[:, ::-1], axis=1)[:, ::-1]
+        # non-decreasing: the last count at or under the limit
+        return int(np.searchsorted(self._suffix_min[lo][rank], limit, side="right"))
 
 
 def fit_stage_costs(rows: Sequence[Sequence[int]], seconds: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .costmodel import StripCosts
 from .geometry import EMPTY, Rows
 
 STRATEGIES = ("equal", "proportional", "auction", "optimal")
@@ -48,128 +49,129 @@ class Infeasible(ValueError):
     """No partition of this block fits the ranks' memory and minimum strip height."""
 
 
-def _by_weights(block, weights: list[float]) -> list[Rows]:
+def _by_weights(costs: StripCosts, weights: list[float]) -> list[Rows]:
     """Split by weights, dropping ranks whose strip does not fit until every strip does."""
     weights = list(weights)
     while sum(weights) > 0:
         # at most one rank per minimum strip height: keep the heaviest
-        allowed = max(1, block.rows // block.min_rows)
+        allowed = max(1, costs.rows // costs.min_rows)
         for k in sorted(range(len(weights)), key=lambda k: (-weights[k], k))[allowed:]:
             weights[k] = 0.0
-        rows = split_rows(block.rows, weights)
-        bad = [k for k, r in enumerate(rows) if math.isinf(block.cost(k, r))]
-        if not bad:
+        rows = split_rows(costs.rows, weights)
+        bad = np.flatnonzero(np.isinf(costs.seconds(rows)))
+        if not len(bad):
             return rows
         for k in bad:
             weights[k] = 0.0
-    raise Infeasible(f"no rank can hold a strip of block {block.first}..{block.end}")
+    raise Infeasible(f"no rank can hold a strip of block {costs.first}..{costs.end}")
 
 
-def equal(block) -> list[Rows]:
+def equal(costs: StripCosts) -> list[Rows]:
     """MoDNN / DeepThings: the same number of rows for every rank."""
-    return _by_weights(block, [1.0] * block.model.ranks)
+    return _by_weights(costs, [1.0] * costs.ranks)
 
 
-def _block_speeds(block) -> list[float]:
-    whole = block.fixed + block.by_hi[:, -1] - block.by_lo[:, 0]
-    return list(1.0 / whole)
-
-
-def proportional(block) -> list[Rows]:
+def proportional(costs: StripCosts) -> list[Rows]:
     """EdgeLD / EdgeDI: rows in proportion to measured speed, then one-row moves from the
     slowest predicted rank to the one that would finish soonest while that helps."""
-    rows = _by_weights(block, _block_speeds(block))
-    best = block.makespan(rows)
-    for _ in range(block.rows):
+    rows = _by_weights(costs, list(1.0 / (costs.fixed_s + costs.all_rows_s)))
+    best = costs.makespan(rows)
+    for _ in range(costs.rows):
         counts = counts_of(rows)
-        times = [block.cost(k, r) for k, r in enumerate(rows)]
+        times = costs.seconds(rows)
         slow = max(range(len(counts)), key=lambda k: times[k])
         if counts[slow] == 0:
             break
-        grown = [_cost_grown(block, counts, k) for k in range(len(counts))]
+        grown = _seconds_grown(costs, counts)
         fast = min((k for k in range(len(counts)) if k != slow), key=lambda k: grown[k], default=None)
         if fast is None:
             break
         counts[slow] -= 1
         counts[fast] += 1
         candidate = layout(counts)
-        span = block.makespan(candidate)
+        span = costs.makespan(candidate)
         if span >= best:
             break
         rows, best = candidate, span
     return rows
 
 
-def _cost_grown(block, counts: list[int], k: int) -> float:
-    """Rank ``k``'s time with one more row than ``counts`` gives it, at its place in the layout."""
-    if counts[k] == block.rows:
-        return math.inf
-    lo = sum(counts[:k])
-    hi = lo + counts[k] + 1
-    return block.cost(k, (lo, hi) if hi <= block.rows else (lo - 1, hi - 1))
+def _seconds_grown(costs: StripCosts, counts: list[int]) -> np.ndarray:
+    """Each rank's time with one more row than ``counts`` gives it, at its place in the layout."""
+    starts = np.cumsum([0] + counts[:-1])
+    ends = starts + np.array(counts) + 1
+    past = ends > costs.rows  # the last rank grows upwards
+    whole = np.array(counts) == costs.rows
+    strips = np.stack([starts - past, ends - past], axis=1)
+    strips[whole] = EMPTY
+    return np.where(whole, math.inf, costs.seconds(strips))
 
 
 AUCTION_CANDIDATE_RANKS = 16
 
 
-def auction(block, slices_per_rank: int = 4) -> list[Rows]:
+def auction(costs: StripCosts, slices_per_rank: int = 4) -> list[Rows]:
     """EdgeCI: slices of rows are auctioned one by one; every rank bids the time it would
     finish if it won the slice (its halo included), and the lowest bid wins."""
-    ranks = block.model.ranks
-    size = max(1, block.rows // (slices_per_rank * ranks))
+    ranks = costs.ranks
+    size = max(1, costs.rows // (slices_per_rank * ranks))
     counts = [0] * ranks
-    while sum(counts) < block.rows:
-        grant = min(size, block.rows - sum(counts))
+    while sum(counts) < costs.rows:
+        grant = min(size, costs.rows - sum(counts))
         starts = [0]
         for count in counts[:-1]:
             starts.append(starts[-1] + count)
         # winning a slice extends a rank's strip; its start stays where it is
-        bids = [block.cost(k, (starts[k], starts[k] + counts[k] + grant)) for k in range(ranks)]
+        bids = costs.seconds([(starts[k], starts[k] + counts[k] + grant) for k in range(ranks)])
         winner = min(range(ranks), key=lambda k: (bids[k], k))
         if math.isinf(bids[winner]):
-            raise Infeasible(f"no rank can take more rows of block {block.first}..{block.end}")
+            raise Infeasible(f"no rank can take more rows of block {costs.first}..{costs.end}")
         counts[winner] += grant
     rows = layout(counts)
-    if any(math.isinf(block.cost(k, r)) for k, r in enumerate(rows)):  # strips moved as others grew
-        raise Infeasible(f"the auction's strips of block {block.first}..{block.end} do not fit the ranks")
+    if np.isinf(costs.seconds(rows)).any():  # strips moved as others grew
+        raise Infeasible(f"the auction's strips of block {costs.first}..{costs.end} do not fit the ranks")
     return rows
 
 
-def _greedy_fit(block, limit: float) -> list[Rows] | None:
+def _greedy_fit(costs: StripCosts, limit: float) -> list[Rows] | None:
     """In rank order, give each rank the most rows it can finish within ``limit``; None if
     the ranks cannot cover the block that way."""
     rows, start = [], 0
-    for k in range(block.model.ranks):
-        if start == block.rows:
+    for k in range(costs.ranks):
+        if start == costs.rows:
             rows.append(EMPTY)
             continue
-        count = block.most_rows(k, start, limit)
+        count = costs.most_rows(k, start, limit)
         rows.append((start, start + count) if count else EMPTY)
         start += count
-    return rows if start == block.rows else None
+    return rows if start == costs.rows else None
 
 
-def _fluid_bound(block) -> float:
+def _fluid_bound(costs: StripCosts) -> float:
     """A lower bound on the block's time: rows split as a fluid over the ranks' per-row
     costs, with no halo, fixed costs or limits."""
-    per_row = (block.by_hi[:, -1] - block.by_lo[:, 0]) / block.rows
-    return float(block.rows / np.sum(1.0 / per_row))
+    per_row = costs.all_rows_s / costs.rows
+    return float(costs.rows / np.sum(1.0 / per_row))
 
 
-def _bisect(block, upper: float, fallback: list[Rows]) -> tuple[float, list[Rows]]:
+def _slowest(costs: StripCosts, rows: list[Rows]) -> float:
+    return float(costs.seconds(rows).max())
+
+
+def _bisect(costs: StripCosts, upper: float, fallback: list[Rows]) -> tuple[float, list[Rows]]:
     """The smallest time limit within which ``_greedy_fit`` covers the block (to 1e-4)."""
-    low, best = _fluid_bound(block), (upper, fallback)
+    low, best = _fluid_bound(costs), (upper, fallback)
     while best[0] - low > 1e-4 * best[0]:
         mid = (low + best[0]) / 2
-        rows = _greedy_fit(block, mid)
+        rows = _greedy_fit(costs, mid)
         if rows is None:
             low = mid
         else:
-            best = (max(block.cost(k, r) for k, r in enumerate(rows)), rows)
+            best = (_slowest(costs, rows), rows)
     return best
 
 
-def optimal(block) -> list[Rows]:
+def optimal(costs: StripCosts) -> list[Rows]:
     """The partition minimising the block's predicted time: bisection on the slowest rank's
     time, started from the best of the other strategies. Giving each rank in turn the most rows
     it finishes in time misses partitions that save halo (one fast rank taking every row, for
@@ -177,19 +179,19 @@ def optimal(block) -> list[Rows]:
     partition is a candidate too (the auction's, O(rows x ranks) bids, up to
     ``AUCTION_CANDIDATE_RANKS`` ranks)."""
     candidates = []
-    for strategy in (equal, proportional) + ((auction,) if block.model.ranks <= AUCTION_CANDIDATE_RANKS else ()):
+    for strategy in (equal, proportional) + ((auction,) if costs.ranks <= AUCTION_CANDIDATE_RANKS else ()):
         try:
-            candidates.append(strategy(block))
+            candidates.append(strategy(costs))
         except Infeasible:
             pass
     if not candidates:
-        raise Infeasible(f"no partition of block {block.first}..{block.end} fits the ranks")
-    best = min(candidates, key=block.makespan)
-    seed = _greedy_fit(block, math.inf)
+        raise Infeasible(f"no partition of block {costs.first}..{costs.end} fits the ranks")
+    best = min(candidates, key=costs.makespan)
+    seed = _greedy_fit(costs, math.inf)
     if seed is not None:
-        upper = min(max(block.cost(k, r) for k, r in enumerate(seed)), max(block.cost(k, r) for k, r in enumerate(best)))
-        rows = _bisect(block, upper, seed)[1]
-        if block.makespan(rows) < block.makespan(best):
+        upper = min(_slowest(costs, seed), _slowest(costs, best))
+        rows = _bisect(costs, upper, seed)[1]
+        if costs.makespan(rows) < costs.makespan(best):
             best = rows
     return best
 

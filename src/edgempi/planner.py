@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .costmodel import BlockCosts, CostModel, Trunk
+from .costmodel import CostModel, StripCosts, Trunk
 from .errors import EdgempiError
 from .geometry import Rows, is_empty
 from .partition import AUCTION_CANDIDATE_RANKS, PARTITIONERS, STRATEGIES, Infeasible
@@ -140,32 +140,28 @@ class Planner:
         (its own minimises the block's estimated time; the exact halo may favour another; the
         auction, O(rows x ranks) bids, only up to ``AUCTION_CANDIDATE_RANKS`` ranks)."""
         if (first, end) not in self._blocks:
-            costs = BlockCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+            strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
             names = [self.strategy]
             if self.strategy == "optimal":
                 names = [n for n in PARTITIONERS if n != "auction" or self.costs.ranks <= AUCTION_CANDIDATE_RANKS]
             partitions = []
             for name in names:
                 try:
-                    rows = PARTITIONERS[name](costs)
+                    rows = PARTITIONERS[name](strips)
                 except Infeasible as exc:
                     if name == self.strategy:
                         raise PlanError(str(exc)) from None
                     continue
                 if rows not in partitions:
                     partitions.append(rows)
-            self._blocks[first, end] = [self._candidate(costs, rows) for rows in partitions]
-            costs.forget()
+            self._blocks[first, end] = [self._candidate(strips, rows) for rows in partitions]
         return self._blocks[first, end]
 
-    def _candidate(self, costs: BlockCosts, rows: list[Rows]) -> Candidate:
-        lows, highs = self.trunk.chain(costs.first, costs.end)
+    def _candidate(self, strips: StripCosts, rows: list[Rows]) -> Candidate:
+        lows, highs = self.trunk.chain(strips.first, strips.end)
         needs = [(int(lows[0][lo]), int(highs[0][hi - 1])) if hi > lo else (0, 0) for lo, hi in rows]
-        parts = [costs.parts(lo) if hi > lo else None for lo, hi in rows]
-        kinds = {kind: np.array([p[kind][k, hi - lo - 1] if p else 0.0 for k, (p, (lo, hi)) in
-                                 enumerate(zip(parts, rows))]) for kind in ("compute", "send")}
-        tail = self.costs.head_rest_s if costs.last else 0.0
-        return Candidate(rows, needs, kinds["compute"], kinds["send"], tail)
+        times = strips.times(rows)
+        return Candidate(rows, needs, times.compute, times.send, strips.tail_s)
 
     def halo(self, before: Candidate | None, block: Candidate, level: int) -> np.ndarray:
         """Each rank's seconds receiving, from the ranks that computed them in the block
