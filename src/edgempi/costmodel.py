@@ -7,7 +7,7 @@ block is its compute plus receiving the halo rows it needs beyond its own strip 
 beside it. In the last block every rank also multiplies its strip by its columns of the head's
 first Linear and sends that partial product to the classifier rank, which adds them up and runs
 the rest of the head.
-Every global reduction inside a block (a channel attention's mean) costs every rank one
+Every map sum inside a block (a channel attention's mean) costs every rank one
 Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
 
 ``StripCosts`` is what the strategies and the planner ask: how long rank ``k`` takes for rows
@@ -41,7 +41,7 @@ class Trunk:
     shapes: list[tuple[int, int, int]]  # (channels, height, width) per level
     macs: list[int]  # per stage, whole map
     boundaries: list[bool]  # per stage: a pool / residual block ends here
-    reductions: list[int]  # per stage: global reductions (Allreduce of partial sums) inside it
+    map_sums: list[int]  # per stage: map sums (an Allreduce of partial sums each) inside it
     need_lo: list[np.ndarray]
     need_hi: list[np.ndarray]
 
@@ -57,7 +57,7 @@ class Trunk:
             need_lo.append(np.array([lo for lo, _ in rows]))
             need_hi.append(np.array([hi for _, hi in rows]))
         return cls([s.name for s in stages], shapes, macs, [s.boundary_after for s in stages],
-                   [s.reductions for s in stages], need_lo, need_hi)
+                   [s.map_sums for s in stages], need_lo, need_hi)
 
     @property
     def depth(self) -> int:
@@ -158,7 +158,7 @@ class StripCosts:
         stages = slice(first, end)
         b = model.stage_row_s[:, stages]
         self.fixed_s = model.stage_fixed_s[:, stages].sum(axis=1)  # per rank: every call of the block's stages
-        self.fixed_s += sum(trunk.reductions[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
+        self.fixed_s += sum(trunk.map_sums[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
         self._by_hi = b @ np.stack(highs[1:])  # [ranks, rows]: sum_s b[k, s] * hi_s
         self._by_lo = b @ np.stack(lows[1:])
         self.all_rows_s = self._by_hi[:, -1] - self._by_lo[:, 0]  # per rank: every row alone, no fixed cost

@@ -12,7 +12,7 @@ from .comm import Communicator, HaloExchange, MapSums, share_head
 from .geometry import Rows, is_empty
 from .head import HeadRows
 from .planner import Plan
-from .stages import Stage, reduction_owners, reduction_points, run_rows, stage_heights
+from .stages import Stage, map_sum_owners, map_sum_points, run_rows, stage_heights
 
 
 def nhwc(model: nn.Module) -> nn.Module:
@@ -62,11 +62,11 @@ class Runtime:
         self.timings = Timings.empty(len(blocks))
 
     def _map_sums(self, block) -> MapSums:
-        """The block's global reductions: which rows of each reduced map this rank adds up."""
+        """The block's map sums: which rows of each reduced map this rank adds up."""
         stages, heights = self.stages[block.first:block.end], self.heights[block.first:block.end + 1]
-        held = [reduction_points(stages, heights, rows) for rows in block.rows]
+        held = [map_sum_points(stages, heights, rows) for rows in block.rows]
         channels = next(([c for _, _, c in points] for points in held if points), [])
-        return MapSums(self.comm, reduction_owners(held)[self.rank], channels)
+        return MapSums(self.comm, map_sum_owners(held)[self.rank], channels)
 
     @property
     def input_rows(self) -> Rows:

@@ -89,7 +89,7 @@ class LayerStage:
     stage is built from the weights it will run with.
     """
 
-    reductions = 0
+    map_sums = 0
 
     def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
         post = list(post)
@@ -97,43 +97,43 @@ class LayerStage:
             layer, post = fold_batch_norm(layer, post[0]), post[1:]
         self.name, self.layer, self.post = name, layer, post
         self.boundary_after = boundary_after
-        self.rows, self.cols = _windows(layer)
+        self.row_window, self.col_window = _windows(layer)
         self.pad_value = -math.inf if isinstance(layer, nn.MaxPool2d) else 0.0
 
     def out_size(self, n_in: int) -> int:
-        return self.rows.out_size(n_in)
+        return self.row_window.out_size(n_in)
 
     def out_width(self, width: int) -> int:
-        return self.cols.out_size(width)
+        return self.col_window.out_size(width)
 
     def out_channels(self, channels: int) -> int:
         return self.layer.out_channels if isinstance(self.layer, nn.Conv2d) else channels
 
     def rows_needed(self, out_rows: Rows, n_in: int) -> Rows:
-        return self.rows.rows_needed(out_rows, n_in)
+        return self.row_window.rows_needed(out_rows, n_in)
 
     def macs(self, channels: int, height: int, width: int) -> int:
         """Multiply-accumulates (window reads, for a pool) for the whole output."""
-        per_output = self.rows.kernel * self.cols.kernel
+        per_output = self.row_window.kernel * self.col_window.kernel
         if isinstance(self.layer, nn.Conv2d):
             per_output *= channels // self.layer.groups
         return self.out_size(height) * self.out_width(width) * self.out_channels(channels) * per_output
 
-    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
-        """Per global reduction met while computing ``out_rows``: (rows held, map height, channels)."""
+    def map_sum_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+        """Per map sum met while computing ``out_rows``: (rows held, map height, channels)."""
         return []
 
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
                 reduce: Reduce = whole_map_sum) -> torch.Tensor:
         lo, hi = self.rows_needed(out_rows, n_in)
         x = x[:, :, lo - x_lo:hi - x_lo]
-        top, bottom = self.rows.border_padding(out_rows, n_in)
+        top, bottom = self.row_window.border_padding(out_rows, n_in)
         if top or bottom:
             x = F.pad(x, (0, 0, top, bottom), value=self.pad_value)
         return apply_pointwise(self.post, self._apply(x, out_rows, n_in))
 
     def _apply(self, x: torch.Tensor, out_rows: Rows, n_in: int) -> torch.Tensor:
-        layer, r, c = self.layer, self.rows, self.cols
+        layer, r, c = self.layer, self.row_window, self.col_window
         kernel, stride, dilation = (r.kernel, c.kernel), (r.stride, c.stride), (r.dilation, c.dilation)
         if isinstance(layer, nn.Conv2d):
             return F.conv2d(x, layer.weight, layer.bias, stride, (0, c.padding), dilation, layer.groups)
@@ -151,14 +151,14 @@ class LayerStage:
 
 class AttentionStage:
     """Squeeze-and-excitation: rows pass through, scaled by channel weights computed from the
-    mean of the whole map (one global reduction)."""
+    mean of the whole map (one map sum)."""
 
-    reductions = 1
+    map_sums = 1
     boundary_after = False
 
     def __init__(self, name: str, module: nn.Module):
         self.name, self.module = name, module
-        self.rows, self.cols = Window(), Window()
+        self.row_window, self.col_window = Window(), Window()
         self.channels = module.fc1.in_channels
 
     def out_size(self, n_in: int) -> int:
@@ -177,7 +177,7 @@ class AttentionStage:
         """The mean and the scaling (the two small 1x1 convs are negligible)."""
         return 2 * channels * height * width
 
-    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+    def map_sum_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
         return [(out_rows, n_in, self.channels)]
 
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
@@ -194,7 +194,7 @@ class ResidualStage:
                  boundary_after: bool = False):
         self.name, self.main, self.shortcut, self.post = name, main, shortcut, list(post)
         self.boundary_after = boundary_after
-        self.reductions = sum(stage.reductions for stage in self.main)
+        self.map_sums = sum(stage.map_sums for stage in self.main)
 
     def _heights(self, n_in: int) -> list[int]:
         return stage_heights(self.main, n_in)
@@ -223,8 +223,8 @@ class ResidualStage:
         main = rows_through(self.main, self._heights(n_in), out_rows)[0]
         return union(main, self.shortcut.rows_needed(out_rows, n_in))
 
-    def reduction_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
-        return reduction_points(self.main, self._heights(n_in), out_rows)
+    def map_sum_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
+        return map_sum_points(self.main, self._heights(n_in), out_rows)
 
     def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
                 reduce: Reduce = whole_map_sum) -> torch.Tensor:
@@ -269,22 +269,22 @@ def run_rows(stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int
     return x
 
 
-def reduction_points(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[tuple[Rows, int, int]]:
-    """In the order a run meets them, its global reductions: (rows of the map it holds, the map's
+def map_sum_points(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[tuple[Rows, int, int]]:
+    """In the order a run meets them, its map sums: (rows of the map it holds, the map's
     height, channels)."""
     if is_empty(out_rows):
         return []
     ranges = rows_through(stages, heights, out_rows)
     return [point for stage, n_in, rows in zip(stages, heights, ranges[1:])
-            for point in stage.reduction_points(rows, n_in)]
+            for point in stage.map_sum_points(rows, n_in)]
 
 
-def reduction_owners(held: list[list[tuple[Rows, int, int]]]) -> list[list[Rows]]:
-    """Per rank and reduction, the rows whose sum it contributes: together the ranks cover each
-    map exactly once. ``held[rank]`` are its ``reduction_points`` (empty for an idle rank)."""
+def map_sum_owners(held: list[list[tuple[Rows, int, int]]]) -> list[list[Rows]]:
+    """Per rank and map sum, the rows whose sum it contributes: together the ranks cover each
+    map exactly once. ``held[rank]`` are its ``map_sum_points`` (empty for an idle rank)."""
     counts = {len(points) for points in held if points}
     if len(counts) > 1:
-        raise ValueError("ranks meet different numbers of global reductions")
+        raise ValueError("ranks meet different numbers of map sums")
     count = counts.pop() if counts else 0
     owners = [[(0, 0)] * count for _ in held]
     for j in range(count):

@@ -89,7 +89,7 @@ def test_compact_attention_adds_up_every_rank_partial_sums(name):
     """The attention's mean is one Allreduce per attention layer over the whole map; the same
     run with each rank's own strip mean instead (EdgeDI's published code) gives other logits."""
     model, size, shape = realistic_model(name), 2, (64, 48)
-    attentions = sum(stage.reductions for stage in model.stages())
+    attentions = sum(stage.map_sums for stage in model.stages())
 
     def work(comm):
         plan = plan_for(name, model, (1, *shape), [1, 1], "equal", "pool")

@@ -4,7 +4,7 @@
 caller's), with the message tags of one registry and one way of waiting. MPI's own waits spin;
 that is right when every rank has its own cores. Under a CPU quota (an emulated device) or with
 more ranks than cores, a spinning rank burns the time its device needs to compute, so with
-``poll_s > 0`` every wait (point-to-point, reductions, barriers, the collectives that carry
+``poll_s > 0`` every wait (point-to-point, Allreduce and Reduce, barriers, the collectives that carry
 Python objects) tests its requests and sleeps ``poll_s`` in between instead.
 """
 

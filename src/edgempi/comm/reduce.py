@@ -1,4 +1,4 @@
-"""Global reductions inside the trunk: the ranks' partial sums of a feature map, added up."""
+"""Map sums inside the trunk: the ranks' partial sums of a whole feature map, added up."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class MapSums:
         return self._add_up(local)
 
     def idle(self, batch: int) -> None:
-        """Take part in every reduction of the block with nothing to add."""
+        """Take part in every map sum of the block with nothing to add."""
         for channels in self.channels[self.calls:]:
             self._add_up(torch.zeros(batch, channels))
 

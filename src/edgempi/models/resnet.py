@@ -39,15 +39,15 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def basic_block_stage(name: str, block: BasicBlock) -> ResidualStage:
+def basic_block_stage(name: str, basic: BasicBlock) -> ResidualStage:
     """Two 3x3 convs (or two compact units) plus an identity or 1x1 downsample shortcut, ReLU
-    after the sum; a fusion boundary follows it (a residual block's halo grows by two rows per
+    after the sum; a fusion boundary follows it (a basic block's halo grows by two rows per
     3x3 conv, so fusing whole residual layers would recompute most of a late map)."""
-    main = (unit_stages(f"{name}.conv1", block.conv1, [block.bn1, block.relu])
-            + unit_stages(f"{name}.conv2", block.conv2, [block.bn2]))
-    down = block.downsample
+    main = (unit_stages(f"{name}.conv1", basic.conv1, [basic.bn1, basic.relu])
+            + unit_stages(f"{name}.conv2", basic.conv2, [basic.bn2]))
+    down = basic.downsample
     shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
-    return ResidualStage(name, main, shortcut, [block.relu], boundary_after=True)
+    return ResidualStage(name, main, shortcut, [basic.relu], boundary_after=True)
 
 
 class ResNet(nn.Module):
