@@ -61,16 +61,19 @@ def strip_costs(trunk, cluster, first, end):
     return StripCosts(trunk, costs, first, end, cluster["classifier"], 1, cluster["min_rows"])
 
 
+def any_block(data, cluster, name):
+    """The strip costs of a block of trunk ``name`` drawn from ``data``."""
+    end = data.draw(st.integers(1, TRUNKS[name].depth))
+    return strip_costs(TRUNKS[name], cluster, data.draw(st.integers(0, end - 1)), end)
+
+
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SLOW
 @given(cluster=clusters(), name=st.sampled_from(sorted(TRUNKS)), data=st.data())
 def test_every_strategy_gives_a_valid_partition_and_optimal_is_fastest(cluster, name, data):
-    trunk = TRUNKS[name]
-    end = data.draw(st.integers(1, trunk.depth))
-    first = data.draw(st.integers(0, end - 1))
-    costs = strip_costs(trunk, cluster, first, end)
+    costs = any_block(data, cluster, name)
     spans = {}
     for strategy, partition in PARTITIONERS.items():
         try:
@@ -80,13 +83,47 @@ def test_every_strategy_gives_a_valid_partition_and_optimal_is_fastest(cluster, 
         assert len(rows) == len(cluster["speeds"])
         owned = [r for r in rows if not is_empty(r)]
         assert [lo for lo, _ in owned] == [0] + [hi for _, hi in owned[:-1]], "contiguous, in rank order"
-        assert owned[-1][1] == costs.rows
+        assert owned[-1][1] == costs.height
         assert all(hi - lo >= cluster["min_rows"] for lo, hi in owned)
         assert all(math.isfinite(t) for t in costs.seconds(rows)), "memory respected"
         spans[strategy] = costs.makespan(rows)
     if spans:
         assert "optimal" in spans, f"optimal found no partition where {sorted(spans)} did"
         assert spans["optimal"] <= min(spans.values()) * (1 + 1e-9), spans
+
+
+@SLOW
+@given(cluster=clusters(), name=st.sampled_from(sorted(TRUNKS)), data=st.data())
+def test_least_compute_is_a_lower_bound_and_most_rows_matches_the_times(cluster, name, data):
+    costs = any_block(data, cluster, name)
+    ranks = len(cluster["speeds"])
+    cuts = sorted(data.draw(st.lists(st.integers(0, costs.height), min_size=ranks - 1, max_size=ranks - 1)))
+    rows = list(zip([0] + cuts, cuts + [costs.height]))
+    compute = costs.times(rows).compute
+    assert compute.max() >= costs.least_s * (1 - 1e-12), "no partition computes faster than the bound"
+    rank, lo = data.draw(st.integers(0, ranks - 1)), data.draw(st.integers(0, costs.height - 1))
+    alone = [costs.seconds([(lo, hi) if k == rank else (0, 0) for k in range(ranks)])[rank]
+             for hi in range(lo + 1, costs.height + 1)]
+    finite = [t for t in alone if math.isfinite(t)] or [1.0]
+    limit = data.draw(st.floats(0.5 * min(finite), 1.5 * max(finite)))
+    assert costs.most_rows(rank, lo, limit) == max([c for c, t in enumerate(alone, 1) if t <= limit], default=0)
+
+
+@SLOW
+@given(cluster=clusters(max_ranks=5), name=st.sampled_from(sorted(TRUNKS)))
+def test_the_halo_is_every_row_read_from_whichever_rank_computed_it(cluster, name):
+    trunk = TRUNKS[name]
+    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
+                              bandwidth_Bps=cluster["bandwidth_Bps"])
+    planner = Planner(trunk, costs, "proportional", cluster["classifier"])
+    path = planner.best_path(named_blocks(trunk, "none"))
+    for (first, end, c), (later, after, d) in zip(path, path[1:]):
+        before, block = planner.block(first, end)[c], planner.block(later, after)[d]
+        expected = [sum(costs.latency_s[p, r] + n * trunk.row_bytes(later, 1) / costs.bandwidth_Bps[p, r]
+                        for p, owned in enumerate(before.rows) if p != r
+                        for n in [len(range(*intersect(owned, need)))] if n)
+                    for r, need in enumerate(block.needs)]
+        assert planner.halo(before, block, later) == pytest.approx(expected, rel=1e-12)
 
 
 @SLOW

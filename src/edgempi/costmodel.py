@@ -16,9 +16,10 @@ Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class Trunk:
     map_sums: list[int]  # per stage: map sums (an Allreduce of partial sums each) inside it
     need_lo: list[np.ndarray]
     need_hi: list[np.ndarray]
+    _chains: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # by block end: rows read
 
     @classmethod
     def from_stages(cls, stages, image: tuple[int, int, int]) -> Trunk:
@@ -67,17 +69,32 @@ class Trunk:
         channels, _, width = self.shapes[level]
         return channels * width * FLOAT_BYTES * batch
 
-    def chain(self, first: int, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """For a block of stages ``first..end``: per level ``first..end``, the first row read
-        for each possible start ``lo`` and one past the last for each possible end ``hi - 1``
-        (a strip at the bottom reads every level down to its bottom, as ``rows_through``)."""
-        rows = self.shapes[end][1]
-        lows, highs = [np.arange(rows)], [np.arange(1, rows + 1)]
-        for s in range(end - 1, first - 1, -1):
-            lows.append(self.need_lo[s][lows[-1]])
-            highs.append(self.need_hi[s][highs[-1] - 1])
-            highs[-1][-1] = self.shapes[s][1]
-        return lows[::-1], highs[::-1]
+    def chain(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """For a block of stages ``first..end``: ``[level, row]`` arrays, per level ``first..end``,
+        of the first row read for each possible start ``lo`` and one past the last for each
+        possible end ``hi - 1`` (a strip at the bottom reads every level down to its bottom, as
+        ``rows_through``). Shared arrays: read them, do not write."""
+        lows, highs, _ = self._chain(end)
+        return lows[first:], highs[first:]
+
+    def cut_overlaps(self, first: int, end: int) -> np.ndarray:
+        """Per level ``first + 1..end`` of block ``first..end``: the fewest rows of that level
+        that the strips on both sides of any cut of the block's output both compute (0 for
+        an output of one row)."""
+        return self._chain(end)[2][first + 1:]
+
+    def _chain(self, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if end not in self._chains:
+            rows = self.shapes[end][1]
+            lows, highs = [np.arange(rows)], [np.arange(1, rows + 1)]
+            for s in range(end - 1, -1, -1):
+                lows.append(self.need_lo[s][lows[-1]])
+                highs.append(self.need_hi[s][highs[-1] - 1])
+                highs[-1][-1] = self.shapes[s][1]
+            lows, highs = np.stack(lows[::-1]), np.stack(highs[::-1])
+            overlaps = (highs[:, :-1] - lows[:, 1:]).min(axis=1) if rows > 1 else np.zeros(end + 1, dtype=int)
+            self._chains[end] = lows, highs, overlaps
+        return self._chains[end]
 
 
 @dataclass
@@ -98,6 +115,7 @@ class CostModel:
     head_row_bytes: float = 0.0  # the head's columns of one feature row, held by the rank that owns it
     head_partial_bytes: float = 0.0  # one image's partial product of the head's first Linear
     jitter_s: float = 0.0  # a block with several ranks also waits this long for its slowest
+    _links: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # by step: links to neighbours
 
     @property
     def ranks(self) -> int:
@@ -118,6 +136,22 @@ class CostModel:
         links = ~np.eye(self.ranks, dtype=bool)
         step = self.latency_s[links].max() + nbytes / self.bandwidth_Bps[links].min()
         return 2 * math.ceil(math.log2(self.ranks)) * step
+
+    def receive_s(self, step: int, nbytes: np.ndarray) -> np.ndarray:
+        """``[ranks, len(nbytes)]``: rank ``k``'s seconds to receive each message size of
+        ``nbytes`` from rank ``k + step`` (nothing to receive from beyond the first or last rank)."""
+        real, latency, bandwidth = self._neighbours(step)
+        return np.where(real & (nbytes > 0)[None, :], latency + nbytes[None, :] / bandwidth, 0.0)
+
+    def _neighbours(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per rank ``k`` (as ``[ranks, 1]``): whether rank ``k + step`` exists, and the link's
+        latency and bandwidth."""
+        if step not in self._links:
+            ranks = np.arange(self.ranks)
+            source = np.clip(ranks + step, 0, self.ranks - 1)
+            self._links[step] = ((source != ranks)[:, None], self.latency_s[source, ranks][:, None],
+                                 self.bandwidth_Bps[source, ranks][:, None])
+        return self._links[step]
 
     def speeds(self) -> list[float]:
         """Relative speed of each rank: inverse of its time for the whole trunk."""
@@ -141,79 +175,76 @@ class StripCosts:
     """The cost model's answer for one fused block (stages ``first..end``): how long each rank
     takes to compute any strip ``lo..hi`` of the block's output, with its halo.
 
-    The halo is estimated from the ranks beside each rank (the planner counts it exactly);
-    a strip thinner than ``min_rows`` or too big for the rank's memory takes forever.
+    Rank ``k``'s time is ``fixed[k] + by_hi[k, hi - 1] - by_lo[k, lo] + head[k] * (hi - lo)``
+    (compute, and in the last block its share of the head) ``+ above[k, lo] + below[k, hi - 1]``
+    (the halo, estimated from the ranks beside it; the planner counts it exactly) ``+ send[k]``
+    (last block: the partial product to the classifier): terms of the strip's start and of its
+    end. A strip thinner than ``min_rows`` or too big for the rank's memory takes forever.
     """
 
-    def __init__(self, trunk: Trunk, model: CostModel, first: int, end: int, classifier: int,
+    def __init__(self, trunk: Trunk, costs: CostModel, first: int, end: int, classifier: int,
                  batch: int = 1, min_rows: int = 1):
-        self._model, self.first, self.end = model, first, end
-        self.rows = trunk.shapes[end][1]
-        self.ranks = model.ranks
-        self.min_rows, self._classifier, self._batch = min_rows, classifier, batch
-        self._last = end == trunk.depth
-        self.tail_s = model.head_rest_s if self._last else 0.0  # after the slowest rank: the rest of the head
+        self._trunk, self._costs, self.first, self.end = trunk, costs, first, end
+        self.height, self.ranks, self.min_rows, self._batch = trunk.shapes[end][1], costs.ranks, min_rows, batch
+        last = end == trunk.depth
+        self.tail_s = costs.head_rest_s if last else 0.0  # after the slowest rank: the rest of the head
         lows, highs = trunk.chain(first, end)
-        self._in_lo, self._in_hi = lows[0], highs[0]
-        stages = slice(first, end)
-        b = model.stage_row_s[:, stages]
-        self.fixed_s = model.stage_fixed_s[:, stages].sum(axis=1)  # per rank: every call of the block's stages
-        self.fixed_s += sum(trunk.map_sums[stages]) * model.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch)
-        self._by_hi = b @ np.stack(highs[1:])  # [ranks, rows]: sum_s b[k, s] * hi_s
-        self._by_lo = b @ np.stack(lows[1:])
-        self.all_rows_s = self._by_hi[:, -1] - self._by_lo[:, 0]  # per rank: every row alone, no fixed cost
-        levels = range(first, end + 1)
-        rb = np.array([trunk.row_bytes(level, batch) for level in levels], dtype=float)[:, None]
-        self._peak_lo, self._peak_hi = np.stack(lows) * rb, np.stack(highs) * rb
-        held = model.weight_bytes + np.where(np.arange(self.ranks) == classifier, model.head_bytes, 0.0)
-        self._free_bytes = model.memory_bytes - held
-        in_rows = trunk.shapes[first][1]
-        self._own_lo = np.arange(self.rows) * in_rows // self.rows  # the input rows a strip would own
-        self._own_hi = np.arange(1, self.rows + 1) * in_rows // self.rows
-        self._in_row_bytes = trunk.row_bytes(first, batch)
+        b = costs.stage_row_s[:, first:end]
+        self._fixed = _fixed_s(trunk, costs, first, end, batch)
+        self._by_hi = b @ highs[1:]  # [ranks, rows]: sum_s b[k, s] * hi_s
+        self._by_lo = b @ lows[1:]
+        self.alone_s = self._fixed + self._by_hi[:, -1] - self._by_lo[:, 0]  # per rank: every row, no halo or head
+        ranks, position = np.arange(self.ranks), np.arange(self.height)
+        self._head_row_s = costs.head_row_s if last else np.zeros(self.ranks)
+        self._above, self._below = np.zeros((self.ranks, self.height)), np.zeros((self.ranks, self.height))
+        if first > 0:
+            in_rows, row_bytes = trunk.shapes[first][1], trunk.row_bytes(first, batch)
+            owned_from, owned_to = position * in_rows // self.height, (position + 1) * in_rows // self.height
+            self._above = costs.receive_s(-1, np.maximum(0, owned_from - lows[0]) * row_bytes)
+            self._below = costs.receive_s(+1, np.maximum(0, highs[0] - owned_to) * row_bytes)
+        self._send = np.zeros(self.ranks)
+        if last:
+            self._send = np.where(ranks != classifier, costs.latency_s[:, classifier]
+                                  + costs.head_partial_bytes * batch / costs.bandwidth_Bps[:, classifier], 0.0)
+        rb = np.array([trunk.row_bytes(level, batch) for level in range(first, end + 1)], dtype=float)[:, None]
+        self._peak_from, self._peak_to = lows * rb, highs * rb
+        self._head_row_bytes = np.zeros(self.ranks)  # last block: memory for the head's columns of a row
+        if last:
+            self._head_row_bytes = np.where(ranks != classifier, costs.head_row_bytes, 0.0)
+        held = costs.weight_bytes + np.where(ranks == classifier, costs.head_bytes, 0.0)
+        self._free_bytes = costs.memory_bytes - held
+        self._holds_all = self._fits(ranks, np.zeros(self.ranks, dtype=int), np.full(self.ranks, self.height))
+        self._base = self._starts = self._ends = self._holds_rest = None  # most_rows' lists, made on demand
         self._suffix_min: dict[int, np.ndarray] = {}
 
-    def _receive(self, rank: np.ndarray, step: int, rows: np.ndarray) -> np.ndarray:
-        """Seconds for ``rank`` to receive ``rows`` input rows from rank ``rank + step``."""
-        src = np.clip(rank + step, 0, self.ranks - 1)
-        real = src != rank
-        lat = np.where(real, self._model.latency_s[src, rank], 0.0)
-        bw = self._model.bandwidth_Bps[src, rank]
-        return np.where((rows > 0) & real, lat + rows * self._in_row_bytes / bw, 0.0)
+    @property
+    def least_s(self) -> float:
+        """No partition's slowest rank computes in less (see ``least_compute_s``)."""
+        return least_compute_s(self._trunk, self._costs, self.first, self.end, self._batch, self.min_rows)
+
+    def _fits(self, rank: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Whether ``rank`` has the memory for strip ``lo..hi`` (arrays that broadcast together):
+        two adjacent levels at a time, and in the last block the head's columns of its rows."""
+        peak = self._peak_to[:, hi - 1] - self._peak_from[:, lo]
+        peak = (peak[:-1] + peak[1:]).max(axis=0) + (hi - lo) * self._head_row_bytes[rank]
+        return peak <= self._free_bytes[rank]
 
     def _times(self, rank: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> StripTimes:
         """Times of non-empty strips ``lo..hi`` on ``rank`` (arrays that broadcast together)."""
-        lo, hi = np.broadcast_arrays(lo, hi)
-        count = hi - lo
-        compute = self.fixed_s[rank] + self._by_hi[rank, hi - 1] - self._by_lo[rank, lo]
-        halo = np.zeros(compute.shape)
-        if self.first > 0:
-            above = np.maximum(0, self._own_lo[lo] - self._in_lo[lo])
-            below = np.maximum(0, self._in_hi[hi - 1] - self._own_hi[hi - 1])
-            halo = self._receive(rank, -1, above) + self._receive(rank, +1, below)
-        send = np.zeros(compute.shape)
-        peak = self._peak_hi[:, hi - 1] - self._peak_lo[:, lo]
-        peak = (peak[:-1] + peak[1:]).max(axis=0)
-        if self._last:
-            c, others = self._classifier, rank != self._classifier
-            compute = compute + self._model.head_row_s[rank] * count
-            send = np.where(others, self._model.latency_s[rank, c]
-                            + self._model.head_partial_bytes * self._batch / self._model.bandwidth_Bps[rank, c], 0.0)
-            peak = peak + np.where(others, count * self._model.head_row_bytes, 0.0)
-        infeasible = (count < self.min_rows) | (peak > self._free_bytes[rank])
-        return StripTimes(np.where(infeasible, math.inf, compute), halo, send)
+        compute = self._fixed[rank] + self._by_hi[rank, hi - 1] - self._by_lo[rank, lo]
+        compute = compute + self._head_row_s[rank] * (hi - lo)
+        feasible = hi - lo >= self.min_rows
+        if not self._holds_all.all():
+            feasible = feasible & (self._holds_all[rank] | self._fits(rank, lo, hi))
+        halo = self._above[rank, lo] + self._below[rank, hi - 1]
+        return StripTimes(np.where(feasible, compute, math.inf), halo, self._send[rank])
 
     def times(self, rows: Sequence[Rows]) -> StripTimes:
         """Each rank ``k``'s times for the strip ``rows[k]`` (one strip per rank; empty: 0)."""
-        strips = np.array(rows, dtype=int).reshape(-1, 2)
-        busy = np.flatnonzero(strips[:, 1] > strips[:, 0])
-        parts = self._times(busy, strips[busy, 0], strips[busy, 1])
-        kinds = []
-        for part in (parts.compute, parts.halo, parts.send):
-            full = np.zeros(len(strips))
-            full[busy] = part
-            kinds.append(full)
-        return StripTimes(*kinds)
+        strips = np.asarray(rows).reshape(-1, 2)
+        busy = strips[:, 1] > strips[:, 0]
+        parts = self._times(np.arange(len(strips)), np.where(busy, strips[:, 0], 0), np.where(busy, strips[:, 1], 1))
+        return StripTimes(*(np.where(busy, part, 0.0) for part in (parts.compute, parts.halo, parts.send)))
 
     def seconds(self, rows: Sequence[Rows]) -> np.ndarray:
         """Each rank ``k``'s predicted seconds for the strip ``rows[k]`` (empty: 0)."""
@@ -224,12 +255,57 @@ class StripCosts:
         return float(self.seconds(rows).max()) + self.tail_s
 
     def most_rows(self, rank: int, lo: int, limit: float) -> int:
-        """The most rows from ``lo`` on that ``rank`` finishes within ``limit`` (0 if none)."""
+        """The most rows from ``lo`` on that ``rank`` finishes within ``limit`` (0 if none): the
+        last end ``hi`` whose term is at most ``limit`` less the rest, found in the suffix
+        minimum of the end terms, where the rank can hold every row from ``lo`` on; elsewhere a
+        table of its times says."""
+        if self._ends is None:
+            position, head = np.arange(self.height), self._head_row_s[:, None]
+            ends = self._by_hi + head * (position + 1) + self._below
+            self._base = (self._fixed + self._send).tolist()
+            self._starts = (self._above - self._by_lo - head * position).tolist()
+            self._ends = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1].tolist()
+            self._holds_rest = self._fits(np.arange(self.ranks)[:, None], np.arange(self.height)[None, :],
+                                          np.full((1, self.height), self.height)).tolist()
+        if self._holds_rest[rank][lo]:
+            count = bisect.bisect_right(self._ends[rank], limit - self._base[rank] - self._starts[rank][lo]) - lo
+            return count if count >= self.min_rows else 0
         if lo not in self._suffix_min:
-            times = self._times(np.arange(self.ranks)[:, None], lo, np.arange(lo + 1, self.rows + 1)[None, :]).total
+            ends = np.arange(lo + 1, self.height + 1)[None, :]
+            times = self._times(np.arange(self.ranks)[:, None], np.full_like(ends, lo), ends).total
             self._suffix_min[lo] = np.minimum.accumulate(times[:, ::-1], axis=1)[:, ::-1]
         # non-decreasing: the last count at or under the limit
         return int(np.searchsorted(self._suffix_min[lo][rank], limit, side="right"))
+
+
+def _fixed_s(trunk: Trunk, costs: CostModel, first: int, end: int, batch: int) -> np.ndarray:
+    """Per rank: the seconds of block ``first..end`` that do not grow with its rows (every stage
+    call, and an Allreduce for every map sum)."""
+    fixed = costs.stage_fixed_s[:, first:end].sum(axis=1)
+    sums = sum(trunk.map_sums[first:end])
+    return fixed + sums * costs.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch) if sums else fixed
+
+
+def least_compute_s(trunk: Trunk, costs: CostModel, first: int, end: int, batch: int = 1, min_rows: int = 1) -> float:
+    """A lower bound on the slowest rank's compute in block ``first..end`` under any partition.
+
+    The strips of ``n`` ranks compute, at each level ``s``, its ``rows_s`` rows and, at each of
+    the ``n - 1`` cuts, at least ``overlap_s`` of them again (``Trunk.cut_overlaps``). With any
+    weights ``w_k > 0`` (here rank ``k``'s speed on the whole block) and
+    ``m_s = min_k w_k b[k, s]``, a slowest rank done in ``T`` after its fixed seconds ``f_k``
+    needs ``(T - c) * sum(w) >= sum_s m_s (rows_s + (n - 1) overlap_s) + sum(w_k (f_k - c))``
+    over the ranks used, for ``c`` 0 and the least ``f_k``; the bound is the least such ``T``
+    over every ``n``."""
+    lows, highs = trunk.chain(first, end)
+    rows = highs[1:, -1] - lows[1:, 0]
+    b, fixed = costs.stage_row_s[:, first:end], _fixed_s(trunk, costs, first, end, batch)
+    weight = 1.0 / (fixed + b @ rows)
+    least = (b * weight[:, None]).min(axis=0)
+    used = np.arange(1, min(costs.ranks, max(1, trunk.shapes[end][1] // min_rows)) + 1)
+    work = least @ rows + (used - 1) * (least @ trunk.cut_overlaps(first, end))
+    speed = np.cumsum(np.sort(weight)[::-1])[:len(used)]
+    bounds = [c + np.maximum(work + used * (weight * (fixed - c)).min(), 0.0) / speed for c in (0.0, fixed.min())]
+    return float(np.maximum(*bounds).min())
 
 
 def fit_stage_costs(rows: Sequence[Sequence[int]], seconds: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:

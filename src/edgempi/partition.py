@@ -54,10 +54,10 @@ def _by_weights(costs: StripCosts, weights: list[float]) -> list[Rows]:
     weights = list(weights)
     while sum(weights) > 0:
         # at most one rank per minimum strip height: keep the heaviest
-        allowed = max(1, costs.rows // costs.min_rows)
+        allowed = max(1, costs.height // costs.min_rows)
         for k in sorted(range(len(weights)), key=lambda k: (-weights[k], k))[allowed:]:
             weights[k] = 0.0
-        rows = split_rows(costs.rows, weights)
+        rows = split_rows(costs.height, weights)
         bad = np.flatnonzero(np.isinf(costs.seconds(rows)))
         if not len(bad):
             return rows
@@ -74,25 +74,24 @@ def equal(costs: StripCosts) -> list[Rows]:
 def proportional(costs: StripCosts) -> list[Rows]:
     """EdgeLD / EdgeDI: rows in proportion to measured speed, then one-row moves from the
     slowest predicted rank to the one that would finish soonest while that helps."""
-    rows = _by_weights(costs, list(1.0 / (costs.fixed_s + costs.all_rows_s)))
-    best = costs.makespan(rows)
-    for _ in range(costs.rows):
+    rows = _by_weights(costs, list(1.0 / costs.alone_s))
+    times = costs.seconds(rows)
+    best = float(times.max()) + costs.tail_s
+    for _ in range(costs.height):
         counts = counts_of(rows)
-        times = costs.seconds(rows)
-        slow = max(range(len(counts)), key=lambda k: times[k])
+        slow = int(np.argmax(times))
         if counts[slow] == 0:
             break
         grown = _seconds_grown(costs, counts)
-        fast = min((k for k in range(len(counts)) if k != slow), key=lambda k: grown[k], default=None)
-        if fast is None:
-            break
+        grown[slow] = math.inf
         counts[slow] -= 1
-        counts[fast] += 1
+        counts[int(np.argmin(grown))] += 1
         candidate = layout(counts)
-        span = costs.makespan(candidate)
+        moved = costs.seconds(candidate)
+        span = float(moved.max()) + costs.tail_s
         if span >= best:
             break
-        rows, best = candidate, span
+        rows, times, best = candidate, moved, span
     return rows
 
 
@@ -100,8 +99,8 @@ def _seconds_grown(costs: StripCosts, counts: list[int]) -> np.ndarray:
     """Each rank's time with one more row than ``counts`` gives it, at its place in the layout."""
     starts = np.cumsum([0] + counts[:-1])
     ends = starts + np.array(counts) + 1
-    past = ends > costs.rows  # the last rank grows upwards
-    whole = np.array(counts) == costs.rows
+    past = ends > costs.height  # the last rank grows upwards
+    whole = np.array(counts) == costs.height
     strips = np.stack([starts - past, ends - past], axis=1)
     strips[whole] = EMPTY
     return np.where(whole, math.inf, costs.seconds(strips))
@@ -114,10 +113,10 @@ def auction(costs: StripCosts, slices_per_rank: int = 4) -> list[Rows]:
     """EdgeCI: slices of rows are auctioned one by one; every rank bids the time it would
     finish if it won the slice (its halo included), and the lowest bid wins."""
     ranks = costs.ranks
-    size = max(1, costs.rows // (slices_per_rank * ranks))
+    size = max(1, costs.height // (slices_per_rank * ranks))
     counts = [0] * ranks
-    while sum(counts) < costs.rows:
-        grant = min(size, costs.rows - sum(counts))
+    while sum(counts) < costs.height:
+        grant = min(size, costs.height - sum(counts))
         starts = [0]
         for count in counts[:-1]:
             starts.append(starts[-1] + count)
@@ -138,20 +137,12 @@ def _greedy_fit(costs: StripCosts, limit: float) -> list[Rows] | None:
     the ranks cannot cover the block that way."""
     rows, start = [], 0
     for k in range(costs.ranks):
-        if start == costs.rows:
-            rows.append(EMPTY)
-            continue
+        if start == costs.height:
+            return rows + [EMPTY] * (costs.ranks - k)
         count = costs.most_rows(k, start, limit)
         rows.append((start, start + count) if count else EMPTY)
         start += count
-    return rows if start == costs.rows else None
-
-
-def _fluid_bound(costs: StripCosts) -> float:
-    """A lower bound on the block's time: rows split as a fluid over the ranks' per-row
-    costs, with no halo, fixed costs or limits."""
-    per_row = costs.all_rows_s / costs.rows
-    return float(costs.rows / np.sum(1.0 / per_row))
+    return rows if start == costs.height else None
 
 
 def _slowest(costs: StripCosts, rows: list[Rows]) -> float:
@@ -160,7 +151,7 @@ def _slowest(costs: StripCosts, rows: list[Rows]) -> float:
 
 def _bisect(costs: StripCosts, upper: float, fallback: list[Rows]) -> tuple[float, list[Rows]]:
     """The smallest time limit within which ``_greedy_fit`` covers the block (to 1e-4)."""
-    low, best = _fluid_bound(costs), (upper, fallback)
+    low, best = costs.least_s, (upper, fallback)
     while best[0] - low > 1e-4 * best[0]:
         mid = (low + best[0]) / 2
         rows = _greedy_fit(costs, mid)
@@ -171,29 +162,34 @@ def _bisect(costs: StripCosts, upper: float, fallback: list[Rows]) -> tuple[floa
     return best
 
 
-def optimal(costs: StripCosts) -> list[Rows]:
-    """The partition minimising the block's predicted time: bisection on the slowest rank's
-    time, started from the best of the other strategies. Giving each rank in turn the most rows
-    it finishes in time misses partitions that save halo (one fast rank taking every row, for
-    one) and, with a minimum strip above one row, some fits, so every other strategy's
-    partition is a candidate too (the auction's, O(rows x ranks) bids, up to
-    ``AUCTION_CANDIDATE_RANKS`` ranks)."""
-    candidates = []
+def candidates(costs: StripCosts) -> list[list[Rows]]:
+    """The partitions ``optimal`` chooses from: every other strategy's that fits (the auction's,
+    O(rows x ranks) bids, up to ``AUCTION_CANDIDATE_RANKS`` ranks) and, last, the bisection's on
+    the slowest rank's time, each rank in turn taking the most rows it finishes in time, where
+    that is faster than all of them. Filling ranks in order misses partitions that save halo
+    (one fast rank taking every row, for one) and, with a minimum strip above one row, some fits."""
+    found = []
     for strategy in (equal, proportional) + ((auction,) if costs.ranks <= AUCTION_CANDIDATE_RANKS else ()):
         try:
-            candidates.append(strategy(costs))
+            rows = strategy(costs)
         except Infeasible:
-            pass
-    if not candidates:
+            continue
+        if rows not in found:
+            found.append(rows)
+    if not found:
         raise Infeasible(f"no partition of block {costs.first}..{costs.end} fits the ranks")
-    best = min(candidates, key=costs.makespan)
+    best = min(_slowest(costs, rows) for rows in found)
     seed = _greedy_fit(costs, math.inf)
     if seed is not None:
-        upper = min(_slowest(costs, seed), _slowest(costs, best))
-        rows = _bisect(costs, upper, seed)[1]
-        if costs.makespan(rows) < costs.makespan(best):
-            best = rows
-    return best
+        slowest, rows = _bisect(costs, min(_slowest(costs, seed), best), seed)
+        if slowest < best:
+            found.append(rows)
+    return found
+
+
+def optimal(costs: StripCosts) -> list[Rows]:
+    """The partition minimising the block's predicted time among ``candidates``."""
+    return min(candidates(costs), key=costs.makespan)
 
 
 PARTITIONERS = {"equal": equal, "proportional": proportional, "auction": auction, "optimal": optimal}

@@ -7,15 +7,16 @@ the cost model's prediction of each rank's compute and halo seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .costmodel import CostModel, StripCosts, Trunk
+from .costmodel import CostModel, StripCosts, Trunk, least_compute_s
 from .errors import EdgempiError
 from .geometry import Rows, is_empty
-from .partition import AUCTION_CANDIDATE_RANKS, PARTITIONERS, STRATEGIES, Infeasible
+from .partition import PARTITIONERS, STRATEGIES, Infeasible, candidates
 
 FUSIONS = ("dp", "pool", "none", "full", "fixed:K")
 
@@ -117,6 +118,16 @@ class Candidate:
     compute: np.ndarray  # compute (and, in the last block, the rank's share of the head)
     send: np.ndarray  # last block: the partial product's way to the classifier
     tail: float  # last block: the rest of the head
+    owners: np.ndarray = field(init=False)  # the ranks that own rows, in row order
+    owned: np.ndarray = field(init=False)  # their rows, [owner, 2]
+    readers: np.ndarray = field(init=False)  # the ranks that read rows
+    reads: np.ndarray = field(init=False)  # their rows, [reader, 2]
+    partition: bytes = field(init=False)  # the rows, as a key: equal for equal partitions
+
+    def __post_init__(self):
+        rows, needs = np.array(self.rows).reshape(-1, 2), np.array(self.needs).reshape(-1, 2)
+        self.owners, self.readers = np.flatnonzero(rows[:, 1] > rows[:, 0]), np.flatnonzero(needs[:, 1] > needs[:, 0])
+        self.owned, self.reads, self.partition = rows[self.owners], needs[self.readers], rows.tobytes()
 
 
 class Planner:
@@ -136,45 +147,42 @@ class Planner:
         self._blocks: dict[tuple[int, int], Candidate] = {}
 
     def block(self, first: int, end: int) -> list[Candidate]:
-        """The block's candidate partitions: the strategy's, and for ``optimal`` every strategy's
-        (its own minimises the block's estimated time; the exact halo may favour another; the
-        auction, O(rows x ranks) bids, only up to ``AUCTION_CANDIDATE_RANKS`` ranks)."""
+        """The block's candidate partitions: the strategy's, and for ``optimal`` all that it chose
+        from (its own minimises the block's estimated time; the exact halo may favour another)."""
         if (first, end) not in self._blocks:
             strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
-            names = [self.strategy]
-            if self.strategy == "optimal":
-                names = [n for n in PARTITIONERS if n != "auction" or self.costs.ranks <= AUCTION_CANDIDATE_RANKS]
-            partitions = []
-            for name in names:
-                try:
-                    rows = PARTITIONERS[name](strips)
-                except Infeasible as exc:
-                    if name == self.strategy:
-                        raise PlanError(str(exc)) from None
-                    continue
-                if rows not in partitions:
-                    partitions.append(rows)
+            try:
+                partitions = candidates(strips) if self.strategy == "optimal" else [PARTITIONERS[self.strategy](strips)]
+            except Infeasible as exc:
+                raise PlanError(str(exc)) from None
             self._blocks[first, end] = [self._candidate(strips, rows) for rows in partitions]
         return self._blocks[first, end]
 
     def _candidate(self, strips: StripCosts, rows: list[Rows]) -> Candidate:
         lows, highs = self.trunk.chain(strips.first, strips.end)
-        needs = [(int(lows[0][lo]), int(highs[0][hi - 1])) if hi > lo else (0, 0) for lo, hi in rows]
+        (lo, hi), busy = np.array(rows).reshape(-1, 2).T, [hi > lo for lo, hi in rows]
+        needs = list(zip(np.where(busy, lows[0][lo], 0).tolist(), np.where(busy, highs[0][hi - 1], 0).tolist()))
         times = strips.times(rows)
         return Candidate(rows, needs, times.compute, times.send, strips.tail_s)
 
     def halo(self, before: Candidate | None, block: Candidate, level: int) -> np.ndarray:
         """Each rank's seconds receiving, from the ranks that computed them in the block
-        ``before``, the rows of ``block``'s input (at ``level``) it reads but did not compute."""
+        ``before``, the rows of ``block``'s input (at ``level``) it reads but did not compute.
+        The owners a reader's rows overlap are consecutive: found by bisection on their rows."""
+        halo = np.zeros(self.costs.ranks)
         if before is None:
-            return np.zeros(self.costs.ranks)
-        owned = np.array(before.rows).reshape(-1, 2)
-        needs = np.array(block.needs).reshape(-1, 2)
-        overlap = np.maximum(0, np.minimum(owned[:, None, 1], needs[None, :, 1])
-                             - np.maximum(owned[:, None, 0], needs[None, :, 0]))  # [source, receiver]
-        np.fill_diagonal(overlap, 0)
-        seconds = self.costs.latency_s + overlap * self.trunk.row_bytes(level, self.batch) / self.costs.bandwidth_Bps
-        return np.where(overlap > 0, seconds, 0.0).sum(axis=0)
+            return halo
+        (starts, ends), (tops, bottoms) = before.owned.T, block.reads.T
+        first = np.searchsorted(ends, tops, side="right")
+        stop = np.searchsorted(starts, bottoms, side="left")
+        index = first[:, None] + np.arange(np.max(stop - first, initial=0))  # [reader, owner]
+        clipped = np.minimum(index, len(starts) - 1)
+        sources, receivers = before.owners[clipped], block.readers[:, None]
+        rows = np.minimum(ends[clipped], bottoms[:, None]) - np.maximum(starts[clipped], tops[:, None])
+        seconds = self.costs.latency_s[sources, receivers] \
+            + rows * self.trunk.row_bytes(level, self.batch) / self.costs.bandwidth_Bps[sources, receivers]
+        halo[block.readers] = np.where((index < stop[:, None]) & (sources != receivers), seconds, 0.0).sum(axis=1)
+        return halo
 
     def step(self, before: Candidate | None, block: Candidate, level: int) -> float:
         """Predicted seconds of ``block`` after ``before`` (the last block: up to the logits)."""
@@ -186,26 +194,30 @@ class Planner:
         """Dynamic programming over block boundaries (all of them, or only ``allowed`` blocks) and
         candidate partitions: ``best[i, j, c]`` is the least predicted time of stages ``0..j`` cut
         into blocks that end with block ``i..j`` partitioned by candidate ``c`` (the halo into a
-        block depends on the block before it). O(S^2) blocks, O(S^3) steps, no recursion.
-        Returns ``(first, end, candidate)`` per block."""
+        block depends on the block before it). O(S^2) blocks, O(S^3) steps, no recursion; over
+        all boundaries, a block that cannot beat the better of fusions ``none`` and ``pool``
+        even at its lower bound is never partitioned. Returns ``(first, end, candidate)`` per block."""
         depth = self.trunk.depth
         blocks = allowed or [(first, end) for end in range(1, depth + 1) for first in range(end)]
+        hopeless = (lambda first, end, before: False) if allowed else self._hopeless()
         ending = {}
         for first, end in blocks:
             ending.setdefault(end, []).append(first)
         best: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
-        ends_at: dict[int, list[tuple[int, int, int]]] = {}  # states by the stage their block ends at
+        ends_at: dict[int, list[tuple[float, tuple[int, int, int]]]] = {}  # states by the stage their block ends at
+        ranked: dict[int, list[tuple[float, tuple[int, int, int] | None]]] = {}  # the same, final, by time
         for end in sorted(ending):
             for first in ending[end]:
+                if first and first not in ends_at:
+                    continue
+                if first not in ranked:
+                    ranked[first] = sorted(ends_at[first]) if first else [(0.0, None)]
+                before = ranked[first]
+                if hopeless(first, end, before[0][0]):
+                    continue
                 for c, candidate in enumerate(self.block(first, end)):
-                    if first == 0:
-                        options = [(self.step(None, candidate, 0), None)]
-                    else:
-                        options = [(best[b][0] + self.step(self.block(b[0], b[1])[b[2]], candidate, first), b)
-                                   for b in ends_at.get(first, [])]
-                    if options:
-                        best[first, end, c] = min(options, key=lambda option: option[0])
-                        ends_at.setdefault(end, []).append((first, end, c))
+                    best[first, end, c] = self._follow(before, candidate, first)
+                    ends_at.setdefault(end, []).append((best[first, end, c][0], (first, end, c)))
         finals = [b for b in best if b[1] == depth]
         if not finals:
             raise PlanError("the blocks do not cover the trunk")
@@ -216,12 +228,48 @@ class Planner:
             state = best[state][1]
         return path[::-1]
 
+    def _follow(self, before: list[tuple[float, tuple[int, int, int] | None]], candidate: Candidate,
+                level: int) -> tuple[float, tuple[int, int, int] | None]:
+        """The least time to the end of ``candidate`` over the states ``before`` it (by time, with
+        the state), and that state. The halo only adds: once a state's time plus the block's
+        without halo is no better, no later state is. States that end in the same partition
+        share the step."""
+        alone = self.step(None, candidate, level)
+        steps: dict[bytes, float] = {}
+        best: tuple[float, tuple[int, int, int] | None] = (math.inf, None)
+        for time, state in before:
+            if time + alone >= best[0]:
+                break
+            if state is None:
+                return time + alone, None
+            previous = self.block(*state[:2])[state[2]]
+            if previous.partition not in steps:
+                steps[previous.partition] = self.step(previous, candidate, level)
+            if time + steps[previous.partition] < best[0]:
+                best = (time + steps[previous.partition], state)
+        return best
+
+    def _hopeless(self) -> Callable[[int, int, float], bool]:
+        """Whether block ``first..end`` after the best time to ``first`` cannot beat the better of
+        fusions ``none`` and ``pool``, even at the lower bounds of it and of the rest of the trunk."""
+        depth, rest_s = self.trunk.depth, self.costs.head_rest_s
+        least = {(first, end): least_compute_s(self.trunk, self.costs, first, end, self.batch, self.min_rows)
+                 + (rest_s if end == depth else 0.0) for end in range(1, depth + 1) for first in range(end)}
+        after = [0.0] * (depth + 1)  # a lower bound on the time from each stage to the logits
+        for first in range(depth - 1, -1, -1):
+            after[first] = min(least[first, end] + after[end] for end in range(first + 1, depth + 1))
+        try:
+            upper = min(self.total(self.best_path(named_blocks(self.trunk, fusion))) for fusion in ("none", "pool"))
+        except PlanError:
+            upper = math.inf
+        return lambda first, end, before: before + least[first, end] + after[end] > upper * (1 + 1e-9)
+
     def total(self, path: list[tuple[int, int, int]]) -> float:
         candidates = [self.block(first, end)[c] for first, end, c in path]
         return sum(self.step(before, block, first) for before, block, (first, _, _)
                    in zip([None] + candidates[:-1], candidates, path))
 
-    def plan(self, model: str, fusion: str) -> Plan:
+    def plan(self, model_name: str, fusion: str) -> Plan:
         path = self.best_path(None if fusion == "dp" else named_blocks(self.trunk, fusion))
         blocks, before = [], None
         for first, end, c in path:
@@ -233,7 +281,7 @@ class Planner:
                                 self.step(before, candidate, first)))
             before = candidate
         _, height, width = self.trunk.shapes[0]
-        return Plan(model, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
+        return Plan(model_name, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
 
 
 def _check_ranks(ranks: int, height: int) -> None:
@@ -241,16 +289,16 @@ def _check_ranks(ranks: int, height: int) -> None:
         raise PlanError(f"{ranks} ranks but the image has only {height} rows: use at most {height} ranks")
 
 
-def trunk_geometry(model: str, stages, image: tuple[int, int, int], ranks: int) -> Trunk:
+def trunk_geometry(model_name: str, stages, image: tuple[int, int, int], ranks: int) -> Trunk:
     """The trunk's geometry for this image, or a ``PlanError`` saying why it cannot be split."""
     _check_ranks(ranks, image[1])
     try:
         return Trunk.from_stages(stages, image)
     except ValueError as exc:
-        raise PlanError(f"a {image[1]}x{image[2]} image is too small for {model}: {exc}") from None
+        raise PlanError(f"a {image[1]}x{image[2]} image is too small for {model_name}: {exc}") from None
 
 
-def make_plan(model: str, trunk: Trunk, costs: CostModel, strategy: str = "optimal", fusion: str = "dp",
+def make_plan(model_name: str, trunk: Trunk, costs: CostModel, strategy: str = "optimal", fusion: str = "dp",
               classifier_rank: int = 0, batch: int = 1, min_rows: int = 1) -> Plan:
     """Plan ``trunk`` for the ranks of ``costs``."""
     world = costs.ranks
@@ -259,4 +307,4 @@ def make_plan(model: str, trunk: Trunk, costs: CostModel, strategy: str = "optim
         raise PlanError(f"classifier rank {classifier_rank} is not one of the {world} ranks")
     if fusion != "dp":
         named_blocks(trunk, fusion)  # reject a bad name before any work
-    return Planner(trunk, costs, strategy, classifier_rank, batch, min_rows).plan(model, fusion)
+    return Planner(trunk, costs, strategy, classifier_rank, batch, min_rows).plan(model_name, fusion)
