@@ -61,10 +61,9 @@ test-mpi: install
 	$(MPIEXEC) $(OVERSUBSCRIBE) -np 2 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
 	$(MPIEXEC) $(OVERSUBSCRIBE) -np 4 $(PY) -m mpi4py -m pytest -q --with-mpi tests/mpi
 
-test: test-serial test-mpi
+test: lint test-serial test-mpi
 
-# ruff's rules and line length are in pyproject.toml. Not yet part of `make test`: the code base has not
-# had its `ruff format` pass.
+# ruff's rules and line length are in pyproject.toml; `make test` starts with it.
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

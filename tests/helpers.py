@@ -62,14 +62,25 @@ NOISE_CAP = 2.5e-4
 def assert_parity(distributed: torch.Tensor, reference: torch.Tensor, noise: float = 0.0) -> None:
     """The project's exactness criterion for float32 logits (no looser than the noise floor,
     which must stay under NOISE_CAP)."""
-    assert noise <= NOISE_CAP, (f"float32 noise floor {noise:.3g} exceeds the cap {NOISE_CAP:g}: "
-                                "the test model amplifies rounding too much to check parity")
+    assert noise <= NOISE_CAP, (
+        f"float32 noise floor {noise:.3g} exceeds the cap {NOISE_CAP:g}: "
+        "the test model amplifies rounding too much to check parity"
+    )
     assert distributed.shape == reference.shape
     torch.testing.assert_close(distributed, reference, rtol=1e-4, atol=max(1e-5, noise))
 
 
-def plan_for(name: str, model: nn.Module, image: tuple[int, int, int], speeds, strategy: str = "optimal",
-             fusion: str = "dp", classifier_rank: int = 0, batch: int = 1, **cluster):
+def plan_for(
+    name: str,
+    model: nn.Module,
+    image: tuple[int, int, int],
+    speeds,
+    strategy: str = "optimal",
+    fusion: str = "dp",
+    classifier_rank: int = 0,
+    batch: int = 1,
+    **cluster,
+):
     """A plan for simulated ranks of the given relative speeds (zero speed: a rank that is
     never worth using is modelled as a very slow one)."""
     from edgempi.costmodel import Trunk, model_from_speeds

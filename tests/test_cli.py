@@ -1,8 +1,8 @@
 """The infer CLI under mpirun: a good run matches plain torch; bad input fails cleanly."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +18,13 @@ from edgempi.launcher import mpiexec, mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = mpiexec()
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMPI_MCA_mpi_yield_when_idle": "1", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def infer(np_: int, *args, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -50,8 +55,21 @@ def config_file(tmp_path, **settings):
 def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, checkpoint):
     config = config_file(tmp_path, batch_size=2)
     out, report, profile = tmp_path / "o.h5", tmp_path / "r.json", tmp_path / "p.json"
-    run = infer(3, "--config", config, "--data", synthetic, "--weights", checkpoint, "--output", out,
-                "--report", report, "--profile", profile)
+    run = infer(
+        3,
+        "--config",
+        config,
+        "--data",
+        synthetic,
+        "--weights",
+        checkpoint,
+        "--output",
+        out,
+        "--report",
+        report,
+        "--profile",
+        profile,
+    )
     assert run.returncode == 0, run.stderr
     assert "plan: resnet18 200x200, 3 ranks" in run.stdout and "latency median" in run.stdout
     expected, data = plain_logits(checkpoint, synthetic)
@@ -71,8 +89,7 @@ def test_infer_matches_single_device_and_writes_results(tmp_path, synthetic, che
     assert all({"compute_s", "halo_s", "wait_s", "predicted_compute_s_per_block"} <= set(r) for r in summary["ranks"])
     saved = json.loads(profile.read_text())
     assert len(saved["stage_s"]) == 3
-    again = infer(3, "--config", config, "--data", synthetic, "--limit", 1, "--profile", profile,
-                  "--report", report)
+    again = infer(3, "--config", config, "--data", synthetic, "--limit", 1, "--profile", profile, "--report", report)
     assert again.returncode == 0, again.stderr
     assert json.loads(report.read_text())["profile"] == saved  # reused, not measured again
 
@@ -89,23 +106,53 @@ def bad_data(tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize("case,ranks,args,message", [
-    ("missing-hdf5", 2, lambda t, d: ["--data", t / "none.h5"], "data file .* does not exist"),
-    ("corrupt-hdf5", 2, lambda t, d: ["--data", bad_data(t, "corrupt")], "not a readable HDF5"),
-    ("wrong-dtype", 2, lambda t, d: ["--data", bad_data(t, "float")], "must be uint8"),
-    ("unknown-model", 2, lambda t, d: ["--config", config_file(t, model="alexnet"), "--data", d], "unknown model"),
-    ("bad-yaml", 2, lambda t, d: ["--config", (t / "b.yaml", (t / "b.yaml").write_text("a: [b"))[0]],
-     "not valid YAML"),
-    ("more-ranks-than-rows", 3, lambda t, d: ["--data", bad_data(t, "rows")], "3 ranks but the image has only 2 rows"),
-    ("missing-weights", 2, lambda t, d: ["--data", d, "--weights", t / "none.pt"], "weights file .* does not exist"),
-    ("bad-option", 2, lambda t, d: ["--bogus"], "unrecognized arguments"),
-    ("corrupt-profile", 2, lambda t, d: ["--data", d, "--profile", (t / "p.json", (t / "p.json").write_text("{}"))[0]],
-     "not a saved edgempi profile"),
-])
+@pytest.mark.parametrize(
+    "case,ranks,args,message",
+    [
+        ("missing-hdf5", 2, lambda t, d: ["--data", t / "none.h5"], "data file .* does not exist"),
+        ("corrupt-hdf5", 2, lambda t, d: ["--data", bad_data(t, "corrupt")], "not a readable HDF5"),
+        ("wrong-dtype", 2, lambda t, d: ["--data", bad_data(t, "float")], "must be uint8"),
+        ("unknown-model", 2, lambda t, d: ["--config", config_file(t, model="alexnet"), "--data", d], "unknown model"),
+        (
+            "bad-yaml",
+            2,
+            lambda t, d: ["--config", (t / "b.yaml", (t / "b.yaml").write_text("a: [b"))[0]],
+            "not valid YAML",
+        ),
+        (
+            "more-ranks-than-rows",
+            3,
+            lambda t, d: ["--data", bad_data(t, "rows")],
+            "3 ranks but the image has only 2 rows",
+        ),
+        (
+            "missing-weights",
+            2,
+            lambda t, d: ["--data", d, "--weights", t / "none.pt"],
+            "weights file .* does not exist",
+        ),
+        ("bad-option", 2, lambda t, d: ["--bogus"], "unrecognized arguments"),
+        (
+            "corrupt-profile",
+            2,
+            lambda t, d: ["--data", d, "--profile", (t / "p.json", (t / "p.json").write_text("{}"))[0]],
+            "not a saved edgempi profile",
+        ),
+    ],
+)
 def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ranks, args, message):
     out, report = tmp_path / "o.h5", tmp_path / "r.json"
-    run = infer(ranks, "--config", config_file(tmp_path), *args(tmp_path, synthetic), "--output", out,
-                "--report", report, timeout=120)
+    run = infer(
+        ranks,
+        "--config",
+        config_file(tmp_path),
+        *args(tmp_path, synthetic),
+        "--output",
+        out,
+        "--report",
+        report,
+        timeout=120,
+    )
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("edgempi:")]
     assert len(errors) == 1, run.stderr
@@ -115,15 +162,23 @@ def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ra
 
 
 # mpi4py made unimportable (as on a machine without libmpi) before the entry point runs
-WITHOUT_MPI = ("import runpy, sys; sys.modules['mpi4py'] = None; "
-               "sys.argv[0] = sys.argv[1]; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+WITHOUT_MPI = (
+    "import runpy, sys; sys.modules['mpi4py'] = None; "
+    "sys.argv[0] = sys.argv[1]; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
 
 
 @pytest.mark.parametrize("entry_point", ["infer", "evaluate", "plan", "train"])
 def test_help_needs_no_mpi(entry_point):
     env = {k: v for k, v in ENV.items() if not k.startswith(("OMPI_COMM_WORLD_", "PMI_"))}
-    run = subprocess.run([sys.executable, "-c", WITHOUT_MPI, f"edgempi.{entry_point}", "--help"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MPI, f"edgempi.{entry_point}", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"usage: python -m edgempi.{entry_point}") and "--config" in run.stdout
 
@@ -135,9 +190,20 @@ def test_help_under_mpirun_is_printed_once():
 
 
 def test_missing_hostfile_fails_fast():
-    run = subprocess.run(["make", "-s", "check-hostfile", "HOSTFILE=hostfiles/none"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        ["make", "-s", "check-hostfile", "HOSTFILE=hostfiles/none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "hostfile 'hostfiles/none' does not exist" in run.stderr
-    run = subprocess.run([MPIEXEC, "--hostfile", "hostfiles/none", "-np", "1", "true"], cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [MPIEXEC, "--hostfile", "hostfiles/none", "-np", "1", "true"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode != 0

@@ -14,15 +14,18 @@ def test_defaults_and_overrides(tmp_path):
     assert load_config(None) == Config()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("model: [unclosed", "not valid YAML at line 1"),
-    ("- a\n- b\n", "mapping"),
-    ("modle: vgg16\n", "unknown config setting 'modle'"),
-    ("batch_size: two\n", "'batch_size' must be int"),
-    ("batch_size: 0\n", "at least 1"),
-    ("mean: true\n", "'mean' must be float"),
-    ("std: 0\n", "'std' must be positive"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("model: [unclosed", "not valid YAML at line 1"),
+        ("- a\n- b\n", "mapping"),
+        ("modle: vgg16\n", "unknown config setting 'modle'"),
+        ("batch_size: two\n", "'batch_size' must be int"),
+        ("batch_size: 0\n", "at least 1"),
+        ("mean: true\n", "'mean' must be float"),
+        ("std: 0\n", "'std' must be positive"),
+    ],
+)
 def test_bad_configs_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)

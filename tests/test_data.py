@@ -32,8 +32,12 @@ def test_synth_classes_differ_in_texture(tmp_path):
     synth(tmp_path / "s.h5", 60)
     with h5py.File(tmp_path / "s.h5") as f:
         x, y = f["images"][:, 0].astype(float), f["labels"][:]
-    stats = np.array([[x[y == c].std(), np.abs(np.diff(x[y == c], axis=1)).mean(),
-                       np.abs(np.diff(x[y == c], axis=2)).mean()] for c in range(6)])
+    stats = np.array(
+        [
+            [x[y == c].std(), np.abs(np.diff(x[y == c], axis=1)).mean(), np.abs(np.diff(x[y == c], axis=2)).mean()]
+            for c in range(6)
+        ]
+    )
     distances = np.linalg.norm(stats[:, None] - stats[None], axis=2)
     assert distances[~np.eye(6, dtype=bool)].min() > 0.5
 
@@ -99,14 +103,20 @@ def test_image_set_reads_row_slabs(tmp_path):
     assert slab[0, 0, 0, 5].item() == pytest.approx((raw / 255 - 0.5) / 0.25)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.write_bytes(b"garbage" * 100), "not a readable HDF5"),
-    (lambda p: h5py.File(p, "w").close(), "no 'images'"),
-    (lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 1, 8, 8), np.float32)), "uint8"),
-    (lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 3, 8, 8), np.uint8)), "3 channels"),
-    (lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 8, 8), np.uint8)), "uint8 \\[N, C, H, W\\]"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_bytes(b"garbage" * 100), "not a readable HDF5"),
+        (lambda p: h5py.File(p, "w").close(), "no 'images'"),
+        (lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 1, 8, 8), np.float32)), "uint8"),
+        (lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 3, 8, 8), np.uint8)), "3 channels"),
+        (
+            lambda p: h5py.File(p, "w").create_dataset("images", data=np.zeros((2, 8, 8), np.uint8)),
+            "uint8 \\[N, C, H, W\\]",
+        ),
+    ],
+)
 def test_image_set_rejects_bad_files(tmp_path, make, message):
     path = tmp_path / "bad.h5"
     make(path)

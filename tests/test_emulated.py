@@ -30,9 +30,11 @@ MPIEXEC = str(Path(sys.executable).parent / "mpirun")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     path = tmp_path_factory.mktemp("cluster") / "two.yaml"
-    path.write_text("core_per_speed: 0.4\ndevices:\n"
-                    "  - {name: a, speed: 1.0, bandwidth_mbit: 50}\n"
-                    "  - {name: b, speed: 0.5, bandwidth_mbit: 50}\n")
+    path.write_text(
+        "core_per_speed: 0.4\ndevices:\n"
+        "  - {name: a, speed: 1.0, bandwidth_mbit: 50}\n"
+        "  - {name: b, speed: 0.5, bandwidth_mbit: 50}\n"
+    )
     spec = load_cluster(path)
     emulate.up(spec)
     yield spec
@@ -81,9 +83,28 @@ def test_parity_across_two_emulated_devices(cluster, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: resnet18\npoll_us: 200\n")
     out = tmp_path / "o.h5"
-    run = subprocess.run([MPIEXEC, *emulate.mpirun_options(2), sys.executable, "-m", "edgempi.infer",
-                          "--config", str(config), "--data", str(tmp_path / "d.h5"), "--weights", str(checkpoint),
-                          "--output", str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            MPIEXEC,
+            *emulate.mpirun_options(2),
+            sys.executable,
+            "-m",
+            "edgempi.infer",
+            "--config",
+            str(config),
+            "--data",
+            str(tmp_path / "d.h5"),
+            "--weights",
+            str(checkpoint),
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     expected, _ = plain_logits(checkpoint, tmp_path / "d.h5")
     with h5py.File(out) as f:

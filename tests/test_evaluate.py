@@ -66,10 +66,13 @@ def test_interrupted_job_resumes_without_losing_or_repeating_an_image(dataset, t
     assert "same prediction as" in single.stdout and "on 12 of 12 images" in single.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--split", "holdout"], "unknown split 'holdout'"),
-    (["--reference", "missing.h5"], "reference 'missing.h5' is not an edgempi predictions file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--split", "holdout"], "unknown split 'holdout'"),
+        (["--reference", "missing.h5"], "reference 'missing.h5' is not an edgempi predictions file"),
+    ],
+)
 def test_bad_input_is_one_line_from_rank_0(dataset, tmp_path, args, message):
     run = evaluate(2, "--config", dataset / "c.yaml", "--data", dataset / "s.h5", "--output", tmp_path / "p.h5", *args)
     assert run.returncode == 2

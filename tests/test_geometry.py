@@ -60,13 +60,17 @@ def test_rows_needed_is_the_receptive_field(layer, height, data):
     x = torch.randn(1, 2, height, 11)
     need = stage.rows_needed((lo, hi), height)
     assert 0 <= need[0] < need[1] <= height
-    got = stage.forward(x[:, :, need[0]:need[1]], need[0], height, (lo, hi))
+    got = stage.forward(x[:, :, need[0] : need[1]], need[0], height, (lo, hi))
     torch.testing.assert_close(got, layer(x)[:, :, lo:hi], rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=60, deadline=None)
-@given(stack=st.lists(layers(), min_size=1, max_size=5), height=st.integers(24, 60),
-       weights=st.lists(st.sampled_from([0.0, 0.05, 0.5, 1.0, 3.0]), min_size=1, max_size=5), data=st.data())
+@given(
+    stack=st.lists(layers(), min_size=1, max_size=5),
+    height=st.integers(24, 60),
+    weights=st.lists(st.sampled_from([0.0, 0.05, 0.5, 1.0, 3.0]), min_size=1, max_size=5),
+    data=st.data(),
+)
 def test_partitioned_stack_equals_torch(stack, height, weights, data):
     """Any stack, any row split: strips computed from their windows concatenate to torch's output."""
     stages = [LayerStage(str(i), layer) for i, layer in enumerate(stack)]

@@ -29,10 +29,11 @@ def test_head_split_by_rows_equals_head(name, height, width, seed):
     gen = torch.Generator().manual_seed(seed)
     whole = classifier_head(model, 512, height, width)
     parts = split_rows(height, torch.rand(4, generator=gen).tolist())
-    shares = [HeadRows(whole.columns[:, lo * 512 * width:hi * 512 * width], (lo, hi)) for lo, hi in parts]
+    shares = [HeadRows(whole.columns[:, lo * 512 * width : hi * 512 * width], (lo, hi)) for lo, hi in parts]
     with torch.inference_mode():
-        partials = [share.partial(features[:, :, lo:hi] if hi > lo else None, 2)
-                    for share, (lo, hi) in zip(shares, parts)]
+        partials = [
+            share.partial(features[:, :, lo:hi] if hi > lo else None, 2) for share, (lo, hi) in zip(shares, parts)
+        ]
         total = sum(partials[k] for k in torch.randperm(len(parts), generator=gen).tolist())
         torch.testing.assert_close(whole.finish(total), model.head(features), rtol=1e-4, atol=1e-5)
 

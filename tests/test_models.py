@@ -2,22 +2,27 @@
 
 import pytest
 import torch
-
+from helpers import assert_parity, float_noise
 from torch import nn
 
 from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
 from edgempi.stages import ResidualStage, stage_heights
-
-from helpers import assert_parity, float_noise
 
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,count", [
-    ("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16", 138_357_544),
-    ("resnet18", 11_689_512), ("resnet34", 21_797_672)])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("vgg11", 132_863_336),
+        ("vgg13", 133_047_848),
+        ("vgg16", 138_357_544),
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+    ],
+)
 def test_parameter_counts_match_torchvision(name, count):
     """torchvision's published counts at 3 channels and 1000 classes."""
     assert n_params(build_model(name, in_channels=3, num_classes=1000)) == count
@@ -29,8 +34,16 @@ def test_state_dict_keys_follow_torchvision():
     assert vgg["classifier.6.weight"].shape == (6, 4096)
     assert vgg["features.0.weight"].shape == (64, 1, 3, 3)
     resnet = build_model("resnet34").state_dict()
-    assert {"conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-            "layer2.0.downsample.1.running_mean", "layer4.2.bn2.weight", "fc.weight", "fc.bias"} <= set(resnet)
+    assert {
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_mean",
+        "layer4.2.bn2.weight",
+        "fc.weight",
+        "fc.bias",
+    } <= set(resnet)
 
 
 @pytest.mark.parametrize("name", ["vgg11", "resnet18"])

@@ -48,16 +48,28 @@ def clusters(draw, max_ranks=6):
     ranks = draw(st.integers(1, max_ranks))
     floats = lambda lo, hi: st.lists(st.floats(lo, hi), min_size=ranks, max_size=ranks)  # noqa: E731
     memory = draw(st.one_of(st.none(), floats(2e5, 5e6)))
-    return dict(speeds=draw(floats(0.1, 3.0)), latency_s=draw(floats(1e-5, 1e-2)),
-                bandwidth_Bps=draw(floats(1e5, 1e9)), memory_bytes=memory,
-                head_bytes=draw(st.floats(0, 1e8)), head_rest_bytes=draw(st.floats(0, 1e7)),
-                classifier=draw(st.integers(0, ranks - 1)), min_rows=draw(st.integers(1, 3)))
+    return dict(
+        speeds=draw(floats(0.1, 3.0)),
+        latency_s=draw(floats(1e-5, 1e-2)),
+        bandwidth_Bps=draw(floats(1e5, 1e9)),
+        memory_bytes=memory,
+        head_bytes=draw(st.floats(0, 1e8)),
+        head_rest_bytes=draw(st.floats(0, 1e7)),
+        classifier=draw(st.integers(0, ranks - 1)),
+        min_rows=draw(st.integers(1, 3)),
+    )
 
 
 def strip_costs(trunk, cluster, first, end):
-    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
-                              bandwidth_Bps=cluster["bandwidth_Bps"], memory_bytes=cluster["memory_bytes"],
-                              head_bytes=cluster["head_bytes"], head_rest_bytes=cluster["head_rest_bytes"])
+    costs = model_from_speeds(
+        trunk,
+        cluster["speeds"],
+        latency_s=cluster["latency_s"],
+        bandwidth_Bps=cluster["bandwidth_Bps"],
+        memory_bytes=cluster["memory_bytes"],
+        head_bytes=cluster["head_bytes"],
+        head_rest_bytes=cluster["head_rest_bytes"],
+    )
     return StripCosts(trunk, costs, first, end, cluster["classifier"], 1, cluster["min_rows"])
 
 
@@ -102,8 +114,10 @@ def test_least_compute_is_a_lower_bound_and_most_rows_matches_the_times(cluster,
     compute = costs.times(rows).compute
     assert compute.max() >= costs.least_s * (1 - 1e-12), "no partition computes faster than the bound"
     rank, lo = data.draw(st.integers(0, ranks - 1)), data.draw(st.integers(0, costs.height - 1))
-    alone = [costs.seconds([(lo, hi) if k == rank else (0, 0) for k in range(ranks)])[rank]
-             for hi in range(lo + 1, costs.height + 1)]
+    alone = [
+        costs.seconds([(lo, hi) if k == rank else (0, 0) for k in range(ranks)])[rank]
+        for hi in range(lo + 1, costs.height + 1)
+    ]
     finite = [t for t in alone if math.isfinite(t)] or [1.0]
     limit = data.draw(st.floats(0.5 * min(finite), 1.5 * max(finite)))
     assert costs.most_rows(rank, lo, limit) == max([c for c, t in enumerate(alone, 1) if t <= limit], default=0)
@@ -113,16 +127,23 @@ def test_least_compute_is_a_lower_bound_and_most_rows_matches_the_times(cluster,
 @given(cluster=clusters(max_ranks=5), name=st.sampled_from(sorted(TRUNKS)))
 def test_the_halo_is_every_row_read_from_whichever_rank_computed_it(cluster, name):
     trunk = TRUNKS[name]
-    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
-                              bandwidth_Bps=cluster["bandwidth_Bps"])
+    costs = model_from_speeds(
+        trunk, cluster["speeds"], latency_s=cluster["latency_s"], bandwidth_Bps=cluster["bandwidth_Bps"]
+    )
     planner = Planner(trunk, costs, "proportional", cluster["classifier"])
     path = planner.best_path(named_blocks(trunk, "none"))
     for (first, end, c), (later, after, d) in zip(path, path[1:]):
         before, block = planner.block(first, end)[c], planner.block(later, after)[d]
-        expected = [sum(costs.latency_s[p, r] + n * trunk.row_bytes(later, 1) / costs.bandwidth_Bps[p, r]
-                        for p, owned in enumerate(before.rows) if p != r
-                        for n in [len(range(*intersect(owned, need)))] if n)
-                    for r, need in enumerate(block.needs)]
+        expected = [
+            sum(
+                costs.latency_s[p, r] + n * trunk.row_bytes(later, 1) / costs.bandwidth_Bps[p, r]
+                for p, owned in enumerate(before.rows)
+                if p != r
+                for n in [len(range(*intersect(owned, need)))]
+                if n
+            )
+            for r, need in enumerate(block.needs)
+        ]
         assert planner.halo(before, block, later) == pytest.approx(expected, rel=1e-12)
 
 
@@ -130,8 +151,13 @@ def test_the_halo_is_every_row_read_from_whichever_rank_computed_it(cluster, nam
 @given(cluster=clusters(max_ranks=4), name=st.sampled_from(sorted(TRUNKS)))
 def test_dp_is_never_slower_than_a_fixed_fusion(cluster, name):
     trunk = TRUNKS[name]
-    costs = model_from_speeds(trunk, cluster["speeds"], latency_s=cluster["latency_s"],
-                              bandwidth_Bps=cluster["bandwidth_Bps"], head_bytes=cluster["head_bytes"])
+    costs = model_from_speeds(
+        trunk,
+        cluster["speeds"],
+        latency_s=cluster["latency_s"],
+        bandwidth_Bps=cluster["bandwidth_Bps"],
+        head_bytes=cluster["head_bytes"],
+    )
     planner = Planner(trunk, costs, "optimal", cluster["classifier"])
     best = planner.total(planner.best_path())
     for fusion in ["none", "pool", "full"] + [f"fixed:{k}" for k in range(1, trunk.depth + 1)]:
@@ -141,24 +167,35 @@ def test_dp_is_never_slower_than_a_fixed_fusion(cluster, name):
 @pytest.mark.parametrize("strategy", ["optimal", "equal"])
 def test_dp_agrees_with_brute_force_over_all_boundary_sets(strategy):
     trunk = Trunk.from_stages(MODELS["vgg11"].stages()[:7], (1, 40, 40))  # 64 boundary sets
-    costs = model_from_speeds(trunk, [1.0, 0.5, 0.7], latency_s=[2e-3] * 3, bandwidth_Bps=[1e6] * 3,
-                              head_bytes=1e7, head_rest_bytes=1e6)
+    costs = model_from_speeds(
+        trunk, [1.0, 0.5, 0.7], latency_s=[2e-3] * 3, bandwidth_Bps=[1e6] * 3, head_bytes=1e7, head_rest_bytes=1e6
+    )
     planner = Planner(trunk, costs, strategy, classifier_rank=1)
     # every boundary set, each block with every candidate partition
-    brute = min(planner.total(list(zip((0,) + cuts, cuts + (trunk.depth,), choice)))
-                for k in range(trunk.depth) for cuts in itertools.combinations(range(1, trunk.depth), k)
-                for choice in itertools.product(*(range(len(planner.block(a, b)))
-                                                  for a, b in zip((0,) + cuts, cuts + (trunk.depth,)))))
+    brute = min(
+        planner.total(list(zip((0,) + cuts, cuts + (trunk.depth,), choice)))
+        for k in range(trunk.depth)
+        for cuts in itertools.combinations(range(1, trunk.depth), k)
+        for choice in itertools.product(
+            *(range(len(planner.block(a, b))) for a, b in zip((0,) + cuts, cuts + (trunk.depth,)))
+        )
+    )
     assert planner.total(planner.best_path()) == pytest.approx(brute, rel=1e-12)
 
 
 def test_named_fusions():
     vgg = Trunk.from_stages(MODELS["vgg16"].stages(), (1, 200, 200))
     assert [vgg.names[end - 1] for _, end in named_blocks(vgg, "pool")] == [
-        "features.4", "features.9", "features.16", "features.23", "features.30"]
+        "features.4",
+        "features.9",
+        "features.16",
+        "features.23",
+        "features.30",
+    ]
     resnet = Trunk.from_stages(MODELS["resnet34"].stages(), (1, 200, 200))
     assert [resnet.names[end - 1] for _, end in named_blocks(resnet, "pool")] == ["maxpool"] + [
-        f"layer{k}.{j}" for k, blocks in zip(range(1, 5), (3, 4, 6, 3)) for j in range(blocks)]
+        f"layer{k}.{j}" for k, blocks in zip(range(1, 5), (3, 4, 6, 3)) for j in range(blocks)
+    ]
     assert named_blocks(vgg, "full") == [(0, vgg.depth)]
     assert len(named_blocks(vgg, "none")) == vgg.depth
     assert named_blocks(vgg, "fixed:3") == [(0, 6), (6, 12), (12, 18)]
@@ -194,9 +231,13 @@ def test_slow_links_make_dp_fuse_more():
 
 def test_thin_strips_take_halo_rows_from_beyond_the_neighbours():
     plan = plan_for("vgg16", MODELS["vgg16"], (1, 64, 48), [1.0, 0.02, 0.02, 1.0], "proportional", "none")
-    far = [(r, p) for block, after in zip(plan.blocks, plan.blocks[1:])
-           for r in range(4) for p in range(4)
-           if abs(r - p) > 1 and not is_empty(intersect(block.rows[p], after.needs[r]))]
+    far = [
+        (r, p)
+        for block, after in zip(plan.blocks, plan.blocks[1:])
+        for r in range(4)
+        for p in range(4)
+        if abs(r - p) > 1 and not is_empty(intersect(block.rows[p], after.needs[r]))
+    ]
     assert far, "a thin strip should make some rank read rows of a non-neighbour"
 
 

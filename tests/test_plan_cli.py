@@ -16,8 +16,12 @@ def test_cluster_files_load(tmp_path):
     (tmp_path / "hetero.yaml").write_text(packaged("clusters")["pi4-hetero"].read_text())
     assert load_cluster(tmp_path / "hetero.yaml").speeds == [1.0, 0.75, 0.5, 0.5]  # a file
     assert {"emulated-hetero", "emulated-homogeneous", "pi4-hetero", "pi4-homogeneous"} <= set(packaged("clusters"))
-    for text, message in [("devices: []", "non-empty"), ("devices: [{speed: -1}]", "positive"),
-                          ("devices: [{sped: 1}]", "mapping"), ("speed: 1\ndevices: [{}]", "unknown setting")]:
+    for text, message in [
+        ("devices: []", "non-empty"),
+        ("devices: [{speed: -1}]", "positive"),
+        ("devices: [{sped: 1}]", "mapping"),
+        ("speed: 1\ndevices: [{}]", "unknown setting"),
+    ]:
         (tmp_path / "c.yaml").write_text(text)
         with pytest.raises(ClusterError, match=message):
             load_cluster(tmp_path / "c.yaml")
@@ -25,8 +29,7 @@ def test_cluster_files_load(tmp_path):
 
 def test_plan_from_a_cluster_with_comparison(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    assert main(["--config", "vgg16", "--cluster", "pi4-hetero", "--compare",
-                 "--json", str(out)]) == 0
+    assert main(["--config", "vgg16", "--cluster", "pi4-hetero", "--compare", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "speedup" in printed and "<- best" in printed
     result = json.loads(out.read_text())
@@ -43,8 +46,17 @@ def test_plan_from_a_saved_profile(tmp_path, capsys):
     # resnet18 at 64x64: 10 stages; a measured-looking profile of two equal ranks
     stage_rows = [[32, 16, 16, 16, 8, 8, 4, 4, 2, 2], [8, 4, 4, 4, 2, 2, 1, 1, 1, 1]]
     seconds = [[r * 1e-4 for r in stage_rows[0]], [r * 1e-4 + 1e-5 for r in stage_rows[1]]]
-    profile = Profile(["a", "b"], stage_rows, [seconds, seconds], [1e-4, 1e-4], 1e-5, [[0, 1e-5], [1e-5, 0]],
-                      [[None, 1e9], [1e9, None]], [None, None], "test")
+    profile = Profile(
+        ["a", "b"],
+        stage_rows,
+        [seconds, seconds],
+        [1e-4, 1e-4],
+        1e-5,
+        [[0, 1e-5], [1e-5, 0]],
+        [[None, 1e9], [1e9, None]],
+        [None, None],
+        "test",
+    )
     profile.save(tmp_path / "p.json")
     config = tmp_path / "c.yaml"
     config.write_text("model: resnet18\n")

@@ -17,10 +17,17 @@ def test_pairing_rounds_meet_every_pair_once_in_disjoint_rounds(size):
 
 
 def sample_profile():
-    return Profile(hosts=["a", "b"], stage_rows=[[10, 5], [4, 2]],
-                   stage_s=[[[0.10, 0.05], [0.04, 0.02]], [[0.30, 0.15], [0.14, 0.07]]],
-                   head_row_s=[0.002, 0.003], head_rest_s=0.001, latency_s=[[0.0, 1e-4], [1e-4, 0.0]],
-                   bandwidth_Bps=[[None, 1e8], [1e8, None]], memory_bytes=[1e9, None], workload="x")
+    return Profile(
+        hosts=["a", "b"],
+        stage_rows=[[10, 5], [4, 2]],
+        stage_s=[[[0.10, 0.05], [0.04, 0.02]], [[0.30, 0.15], [0.14, 0.07]]],
+        head_row_s=[0.002, 0.003],
+        head_rest_s=0.001,
+        latency_s=[[0.0, 1e-4], [1e-4, 0.0]],
+        bandwidth_Bps=[[None, 1e8], [1e8, None]],
+        memory_bytes=[1e9, None],
+        workload="x",
+    )
 
 
 def test_profile_round_trip_and_cost_model(tmp_path):
@@ -32,7 +39,9 @@ def test_profile_round_trip_and_cost_model(tmp_path):
     # rank 0, stage 0: 10 rows in 0.10 s, 4 rows in 0.04 s -> 0.01 s per row, nothing fixed
     assert costs.stage_row_s[0, 0] == pytest.approx(0.01) and costs.stage_fixed_s[0, 0] == pytest.approx(0.0)
     # rank 1, stage 0: 10 rows in 0.30 s, 4 rows in 0.14 s -> 0.0267 s per row + 0.0333 s per call
-    assert costs.stage_row_s[1, 0] == pytest.approx(0.16 / 6) and costs.stage_fixed_s[1, 0] == pytest.approx(0.30 - 1.6 / 6)
+    assert costs.stage_row_s[1, 0] == pytest.approx(0.16 / 6) and costs.stage_fixed_s[1, 0] == pytest.approx(
+        0.30 - 1.6 / 6
+    )
     assert costs.bandwidth_Bps[0, 0] == float("inf") and costs.memory_bytes[1] == float("inf")
     assert costs.speeds()[0] > costs.speeds()[1]
 
@@ -49,8 +58,9 @@ def test_bad_profile_files(tmp_path):
 
 
 def test_jitter_counts_only_the_wait_for_the_slowest_rank():
-    from edgempi.profile import jitter_s
     import numpy as np
+
+    from edgempi.profile import jitter_s
 
     steady = np.full((3, 5), 0.01)
     assert jitter_s(steady) == 0.0

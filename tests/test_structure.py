@@ -23,7 +23,7 @@ def imported(path: Path) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: resolve against the file's package inside edgempi
                 package = path.relative_to(PACKAGE).parent.parts
-                package = package[:len(package) - (node.level - 1)]
+                package = package[: len(package) - (node.level - 1)]
                 base = ".".join([*package, base]).strip(".")
                 names |= {f"{base}.{alias.name}".strip(".") for alias in node.names}
             names.add(base)
@@ -31,9 +31,12 @@ def imported(path: Path) -> set[str]:
 
 
 def test_only_comm_imports_mpi4py():
-    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                 if "comm" not in p.relative_to(PACKAGE).parts[:1]
-                 and any(name.split(".")[0] == "mpi4py" for name in imported(p))]
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "comm" not in p.relative_to(PACKAGE).parts[:1]
+        and any(name.split(".")[0] == "mpi4py" for name in imported(p))
+    ]
     assert offenders == []
 
 

@@ -32,9 +32,26 @@ def trained_loss(tmp_path, args: Namespace) -> float:
 
 def one_epoch_args(tmp_path, optimizer: str = "sgd", lr: float | None = 0.01, precision: str = "fp32") -> Namespace:
     synth(tmp_path / "s.h5", 120, seed=1, size=32)
-    return Namespace(config=None, model="resnet18", data=str(tmp_path / "s.h5"), seed=0, threads=1, batch_size=8,
-                     optimizer=optimizer, lr=lr, weight_decay=5e-4, clip_grad=5.0, precision=precision, shift=2, contrast=0.3,
-                     epochs=1, out=str(tmp_path / "w.pt"), init=None, limit=None, resume=False)
+    return Namespace(
+        config=None,
+        model="resnet18",
+        data=str(tmp_path / "s.h5"),
+        seed=0,
+        threads=1,
+        batch_size=8,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=5e-4,
+        clip_grad=5.0,
+        precision=precision,
+        shift=2,
+        contrast=0.3,
+        epochs=1,
+        out=str(tmp_path / "w.pt"),
+        init=None,
+        limit=None,
+        resume=False,
+    )
 
 
 @pytest.mark.parametrize("optimizer, lr, precision", [("sgd", 0.01, "bf16"), ("adamw", None, "fp32")])
@@ -62,8 +79,20 @@ def test_init_starts_from_the_given_weights(tmp_path):
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):
     synth(tmp_path / "s.h5", 60, size=32)
-    assert main(["--model", "resnet18_compact", "--data", str(tmp_path / "s.h5"), "--out", str(tmp_path / "w.pt"),
-                 "--resume"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                "resnet18_compact",
+                "--data",
+                str(tmp_path / "s.h5"),
+                "--out",
+                str(tmp_path / "w.pt"),
+                "--resume",
+            ]
+        )
+        == 2
+    )
     assert "no checkpoint" in capsys.readouterr().err
     with h5py.File(tmp_path / "s.h5", "a") as f:
         del f["split"]

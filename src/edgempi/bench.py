@@ -21,8 +21,14 @@ from .files import atomic_path
 from .launcher import mpirun
 
 MODELS = ("vgg16", "resnet34")
-COLUMNS = ("1 process, 1 thread", "1 process, 2 threads", "1 process, 1 thread, NHWC", "1 process, 2 threads, NHWC",
-           "edgempi -np 1", "edgempi -np 2")
+COLUMNS = (
+    "1 process, 1 thread",
+    "1 process, 2 threads",
+    "1 process, 1 thread, NHWC",
+    "1 process, 2 threads, NHWC",
+    "edgempi -np 1",
+    "edgempi -np 2",
+)
 
 
 def single_device(model_name: str, data: str, threads: int, images: int, nhwc: bool) -> list[float]:
@@ -55,9 +61,20 @@ def distributed(model_name: str, data: str, ranks: int, images: int) -> tuple[li
     and the latency its plan predicted."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        command = [*mpirun(ranks), sys.executable, "-m", "edgempi.infer",
-                   "--config", model_name, "--data", data, "--limit", str(images),
-                   "--report", str(report)]
+        command = [
+            *mpirun(ranks),
+            sys.executable,
+            "-m",
+            "edgempi.infer",
+            "--config",
+            model_name,
+            "--data",
+            data,
+            "--limit",
+            str(images),
+            "--report",
+            str(report),
+        ]
         subprocess.run(command, check=True, capture_output=True, text=True)
         result = json.loads(report.read_text())
         return result["latencies_s"], result["predicted_latency_s"]
@@ -72,7 +89,8 @@ def measure(data: str, images: int, rounds: int) -> dict:
             for threads in (1, 2):
                 runs[f"1 process, {threads} thread{'s' * (threads > 1)}"] += _child(model_name, data, threads, images)
                 runs[f"1 process, {threads} thread{'s' * (threads > 1)}, NHWC"] += _child(
-                    model_name, data, threads, images, nhwc=True)
+                    model_name, data, threads, images, nhwc=True
+                )
             for ranks in (1, 2):
                 latencies, prediction = distributed(model_name, data, ranks, images)
                 runs[f"edgempi -np {ranks}"] += latencies
@@ -84,8 +102,19 @@ def measure(data: str, images: int, rounds: int) -> dict:
 
 def _child(model_name: str, data: str, threads: int, images: int, nhwc: bool = False) -> list[float]:
     """``single_device`` in a fresh process, so each run starts alike."""
-    command = [sys.executable, "-m", "edgempi.bench", "--single", model_name, "--threads", str(threads),
-               "--images", str(images), "--data", data] + ["--nhwc"] * nhwc
+    command = [
+        sys.executable,
+        "-m",
+        "edgempi.bench",
+        "--single",
+        model_name,
+        "--threads",
+        str(threads),
+        "--images",
+        str(images),
+        "--data",
+        data,
+    ] + ["--nhwc"] * nhwc
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
 
@@ -93,13 +122,23 @@ def _child(model_name: str, data: str, threads: int, images: int, nhwc: bool = F
 def table(results: dict) -> str:
     """Markdown: median ms of every run, then edgempi's speedup over each single-device run."""
     singles = COLUMNS[:4]
-    lines = ["| model | " + " | ".join(f"{c} (ms)" for c in COLUMNS) + " | "
-             + " | ".join(f"speedup vs {c}" for c in singles) + " |",
-             "|---" * (1 + len(COLUMNS) + len(singles)) + "|"]
+    lines = [
+        "| model | "
+        + " | ".join(f"{c} (ms)" for c in COLUMNS)
+        + " | "
+        + " | ".join(f"speedup vs {c}" for c in singles)
+        + " |",
+        "|---" * (1 + len(COLUMNS) + len(singles)) + "|",
+    ]
     for model_name, r in results.items():
         dist = r[COLUMNS[-1]]
-        lines.append(f"| {model_name} | " + " | ".join(f"{1e3 * r[c]:.1f}" for c in COLUMNS) + " | "
-                     + " | ".join(f"{r[c] / dist:.2f}x" for c in singles) + " |")
+        lines.append(
+            f"| {model_name} | "
+            + " | ".join(f"{1e3 * r[c]:.1f}" for c in COLUMNS)
+            + " | "
+            + " | ".join(f"{r[c] / dist:.2f}x" for c in singles)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -109,8 +148,10 @@ def prediction_table(results: dict) -> str:
     for model_name, r in results.items():
         for column, predicted in r["predicted"].items():
             measured = r[column]
-            lines.append(f"| {model_name} | {column.split()[-1]} | {1e3 * predicted:.1f} | {1e3 * measured:.1f} "
-                         f"| {100 * (predicted - measured) / measured:+.1f}% |")
+            lines.append(
+                f"| {model_name} | {column.split()[-1]} | {1e3 * predicted:.1f} | {1e3 * measured:.1f} "
+                f"| {100 * (predicted - measured) / measured:+.1f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -130,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).exists():
         synth(args.data, 12, seed=11)
     results = measure(args.data, args.images, args.rounds)
-    print(f"median single-image latency at 200x200, {args.rounds} rounds x {args.images} images, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"median single-image latency at 200x200, {args.rounds} rounds x {args.images} images, {os.cpu_count()} cores"
+    )
     print(table(results))
     print()
     print(prediction_table(results))

@@ -26,12 +26,16 @@ from pathlib import Path
 from . import emulate
 from .cluster import load_cluster
 from .data import synth
-from .files import atomic_path
 from .fidelity import table as fidelity_table
+from .files import atomic_path
 from .launcher import is_open_mpi, mpiexec, mpirun
 
-STRATEGIES = {"conventional": ("equal", "none"), "EdgeLD": ("proportional", "pool"),
-              "DeepThings": ("equal", "full"), "edgempi": ("optimal", "dp")}
+STRATEGIES = {
+    "conventional": ("equal", "none"),
+    "EdgeLD": ("proportional", "pool"),
+    "DeepThings": ("equal", "full"),
+    "edgempi": ("optimal", "dp"),
+}
 
 
 def _mpirun(devices: list[int], emulated: bool) -> list[str]:
@@ -40,14 +44,33 @@ def _mpirun(devices: list[int], emulated: bool) -> list[str]:
     return mpirun(len(devices))
 
 
-def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: str, images: int,
-             profile: Path, emulated: bool) -> dict:
+def run_once(
+    model: str, devices: list[int], strategy: str, fusion: str, data: str, images: int, profile: Path, emulated: bool
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        command = [*_mpirun(devices, emulated), sys.executable, "-m", "edgempi.infer",
-                   "--config", model, "--data", data, "--limit", str(images),
-                   "--strategy", strategy, "--fusion", fusion, "--poll-us", "200", "--profile", str(profile),
-                   "--report", str(report)]
+        command = [
+            *_mpirun(devices, emulated),
+            sys.executable,
+            "-m",
+            "edgempi.infer",
+            "--config",
+            model,
+            "--data",
+            data,
+            "--limit",
+            str(images),
+            "--strategy",
+            strategy,
+            "--fusion",
+            fusion,
+            "--poll-us",
+            "200",
+            "--profile",
+            str(profile),
+            "--report",
+            str(report),
+        ]
         env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
         if done.returncode != 0:
@@ -57,20 +80,33 @@ def run_once(model: str, devices: list[int], strategy: str, fusion: str, data: s
 
 def machine() -> str:
     """This machine's CPU model and core count (the tables say which machine they come from)."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
     return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: per model and device count, each strategy's latency, speedup and share of the bound."""
-    lines = ["| model | devices | bound | " + " | ".join(f"{n} ms (speedup, of bound)" for n in STRATEGIES) + " |",
-             "|---|---|---|" + "---|" * len(STRATEGIES)]
+    lines = [
+        "| model | devices | bound | " + " | ".join(f"{n} ms (speedup, of bound)" for n in STRATEGIES) + " |",
+        "|---|---|---|" + "---|" * len(STRATEGIES),
+    ]
     for model, count in sorted({(r["model"], r["devices"]) for r in rows}):
         cells = {r["strategy"]: r for r in rows if (r["model"], r["devices"]) == (model, count)}
-        lines.append(f"| {model} | {count} | {cells['edgempi']['bound']:.2f} | " + " | ".join(
-            f"{1e3 * c['latency_s']:.0f} ({c['speedup']:.2f}x, {100 * c['fraction_of_bound']:.0f}%)"
-            for c in (cells[n] for n in STRATEGIES)) + " |")
+        lines.append(
+            f"| {model} | {count} | {cells['edgempi']['bound']:.2f} | "
+            + " | ".join(
+                f"{1e3 * c['latency_s']:.0f} ({c['speedup']:.2f}x, {100 * c['fraction_of_bound']:.0f}%)"
+                for c in (cells[n] for n in STRATEGIES)
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -80,21 +116,28 @@ def predictions(rows: list[dict]) -> str:
     for r in rows:
         if r["strategy"] == "edgempi":
             error = r["predicted_s"] / r["latency_s"] - 1
-            lines.append(f"| {r['model']} | {r['devices']} | {1e3 * r['predicted_s']:.0f} | {1e3 * r['latency_s']:.0f} "
-                         f"| {100 * error:+.0f}% |")
+            lines.append(
+                f"| {r['model']} | {r['devices']} | {1e3 * r['predicted_s']:.0f} | {1e3 * r['latency_s']:.0f} "
+                f"| {100 * error:+.0f}% |"
+            )
     return "\n".join(lines)
 
 
 def breakdown(report: dict) -> str:
     """Markdown: where one plan's time went, per rank (mean ms per image) and per block."""
     blocks = len(report["ranks"][0]["compute_s_per_block"])
-    lines = ["| rank | compute ms | halo ms | head ms | wait ms | compute per block, measured/predicted ms |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| rank | compute ms | halo ms | head ms | wait ms | compute per block, measured/predicted ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["ranks"]:
-        per_block = " ".join(f"{1e3 * m:.0f}/{1e3 * p:.0f}"
-                             for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"]))
-        lines.append(f"| {r['rank']} ({r['host']}) | {1e3 * r['compute_s']:.0f} | {1e3 * r['halo_s']:.0f} "
-                     f"| {1e3 * r['head_s']:.0f} | {1e3 * r['wait_s']:.0f} | {per_block} |")
+        per_block = " ".join(
+            f"{1e3 * m:.0f}/{1e3 * p:.0f}" for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"])
+        )
+        lines.append(
+            f"| {r['rank']} ({r['host']}) | {1e3 * r['compute_s']:.0f} | {1e3 * r['halo_s']:.0f} "
+            f"| {1e3 * r['head_s']:.0f} | {1e3 * r['wait_s']:.0f} | {per_block} |"
+        )
     return f"{report['model']} on {report['world_size']} devices, {blocks} blocks:\n" + "\n".join(lines)
 
 
@@ -127,8 +170,11 @@ def plot(rows: list[dict], timelines: dict[str, dict], out: Path) -> None:
                 ax.barh(r["rank"], 1e3 * compute, left=start + 1e3 * halo, color="tab:blue")
                 start += 1e3 * (halo + compute)
             ax.barh(r["rank"], 1e3 * (r["wait_s"] + r["head_s"]), left=start, color="tab:gray")
-        ax.set(xlabel="ms (mean per image): blue compute, orange halo in, grey head / its reduce",
-               ylabel="rank", title=f"{timeline['model']} on {timeline['world_size']} devices, edgempi plan")
+        ax.set(
+            xlabel="ms (mean per image): blue compute, orange halo in, grey head / its reduce",
+            ylabel="rank",
+            title=f"{timeline['model']} on {timeline['world_size']} devices, edgempi plan",
+        )
         fig.tight_layout()
         with atomic_path(out / f"timeline-{model}.png") as tmp:
             fig.savefig(tmp, format="png", dpi=120)
@@ -137,8 +183,9 @@ def plot(rows: list[dict], timelines: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.bench_cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("--cluster", default=emulate.DEFAULT_CLUSTER,
-                        help="a cluster file or a packaged name (default: %(default)s)")
+    parser.add_argument(
+        "--cluster", default=emulate.DEFAULT_CLUSTER, help="a cluster file or a packaged name (default: %(default)s)"
+    )
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--data", default="data/bench.h5")
@@ -172,11 +219,22 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (strategy, fusion) in STRATEGIES.items():
                     report = run_once(model, devices, strategy, fusion, args.data, args.images, profile, emulated)
                     latency = statistics.median(report["latencies_s"])
-                    rows.append({"model": model, "devices": count, "strategy": name, "latency_s": latency,
-                                 "predicted_s": report["predicted_latency_s"], "bound": bound,
-                                 "ranks": report["ranks"]})
-                    print(f"{model} {count} devices {name:<12} {1e3 * latency:8.1f} ms "
-                          f"(predicted {1e3 * report['predicted_latency_s']:.1f})", flush=True)
+                    rows.append(
+                        {
+                            "model": model,
+                            "devices": count,
+                            "strategy": name,
+                            "latency_s": latency,
+                            "predicted_s": report["predicted_latency_s"],
+                            "bound": bound,
+                            "ranks": report["ranks"],
+                        }
+                    )
+                    print(
+                        f"{model} {count} devices {name:<12} {1e3 * latency:8.1f} ms "
+                        f"(predicted {1e3 * report['predicted_latency_s']:.1f})",
+                        flush=True,
+                    )
                     if name == "edgempi" and count == len(order):
                         timelines[model] = report
     finally:
@@ -195,9 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"emulated": emulated, "cluster": args.cluster, "machine": machine(),
-                                   "netem": netem, "fidelity": [asdict(f) for f in fidelity], "rows": rows},
-                                  indent=2) + "\n")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "emulated": emulated,
+                    "cluster": args.cluster,
+                    "machine": machine(),
+                    "netem": netem,
+                    "fidelity": [asdict(f) for f in fidelity],
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     plot(rows, timelines, out)
     return 0
 

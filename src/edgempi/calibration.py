@@ -36,8 +36,14 @@ def _saved(comm: Communicator, config: Config, stages: list[Stage]) -> Profile |
     return None
 
 
-def profile_job(comm: Communicator, config: Config, stages: list[Stage], image: tuple[int, int, int],
-                features: tuple[int, int, int], head: HeadRows | None) -> Profile | None:
+def profile_job(
+    comm: Communicator,
+    config: Config,
+    stages: list[Stage],
+    image: tuple[int, int, int],
+    features: tuple[int, int, int],
+    head: HeadRows | None,
+) -> Profile | None:
     """Rank 0's profile: loaded from ``config.profile`` when it fits this job, else measured
     on the real model (every stage and a row of the head on every rank, the rest of the head
     on the classifier rank; ``features`` is the last feature map's shape) and saved there.
@@ -69,8 +75,15 @@ def profile_job(comm: Communicator, config: Config, stages: list[Stage], image: 
         with torch.inference_mode():
             stages[middle].forward(x, 0, short[middle], (0, short[middle + 1]))
 
-    profile = measure(comm, [stage_heights(stages, h)[1:] for h in heights], calibrate,
-                      head_seconds, f"{config.model} on {image}", config.calibration_repeats, probe)
+    profile = measure(
+        comm,
+        [stage_heights(stages, h)[1:] for h in heights],
+        calibrate,
+        head_seconds,
+        f"{config.model} on {image}",
+        config.calibration_repeats,
+        probe,
+    )
     if profile is not None:
         profile.head_width = out_features
         if config.profile:

@@ -20,6 +20,7 @@ from .launcher import launcher_rank
 if TYPE_CHECKING:
     from .comm import Communicator
 
+
 class JobParser(argparse.ArgumentParser):
     """argparse for a command line every rank reads: a bad option raises ``ConfigError``
     instead of exiting, and help is printed on rank 0 only."""
@@ -51,9 +52,18 @@ def job_parser(prog: str, description: str) -> JobParser:
 
 def job_config(args: argparse.Namespace) -> Config:
     """The config file named by ``--config`` with the other options laid over it."""
-    return load_config(args.config, data=args.data, weights=args.weights, batch_size=args.batch_size,
-                       limit=args.limit, strategy=args.strategy, fusion=args.fusion, profile=args.profile,
-                       threads=args.threads, poll_us=args.poll_us)
+    return load_config(
+        args.config,
+        data=args.data,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        strategy=args.strategy,
+        fusion=args.fusion,
+        profile=args.profile,
+        threads=args.threads,
+        poll_us=args.poll_us,
+    )
 
 
 def _fail(message: str, rank: int) -> int:
@@ -62,8 +72,9 @@ def _fail(message: str, rank: int) -> int:
     return 2
 
 
-def run_job(parser: JobParser, body: Callable[[Communicator, argparse.Namespace, Config], None],
-            argv: list[str] | None = None) -> int:
+def run_job(
+    parser: JobParser, body: Callable[[Communicator, argparse.Namespace, Config], None], argv: list[str] | None = None
+) -> int:
     """``python -m edgempi.X`` on every rank: read the command line, start MPI, agree on the
     config, run ``body(comm, args, config)`` (collective over ``comm``); the exit status.
 

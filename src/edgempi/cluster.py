@@ -49,16 +49,29 @@ class Cluster:
     def speeds(self) -> list[float]:
         return [d.speed for d in self.devices]
 
-    def cost_model(self, trunk: Trunk, weight_bytes: float, head_bytes: float, head_rest_bytes: float,
-                   head_partial_bytes: float = 0.0) -> CostModel:
+    def cost_model(
+        self,
+        trunk: Trunk,
+        weight_bytes: float,
+        head_bytes: float,
+        head_rest_bytes: float,
+        head_partial_bytes: float = 0.0,
+    ) -> CostModel:
         """Per-device costs from MACs; a device's link latency is half of each round trip."""
         return model_from_speeds(
-            trunk, self.speeds, self.macs_per_s, self.call_s,
+            trunk,
+            self.speeds,
+            self.macs_per_s,
+            self.call_s,
             latency_s=[d.latency_ms / 1e3 / 2 for d in self.devices],
             bandwidth_Bps=[d.bandwidth_mbit * 1e6 / 8 for d in self.devices],
             memory_bytes=[d.memory_mb * 2**20 for d in self.devices],
-            head_bytes=head_bytes, head_rest_bytes=head_rest_bytes, memory_Bps=self.memory_Bps,
-            weight_bytes=weight_bytes, head_partial_bytes=head_partial_bytes)
+            head_bytes=head_bytes,
+            head_rest_bytes=head_rest_bytes,
+            memory_Bps=self.memory_Bps,
+            weight_bytes=weight_bytes,
+            head_partial_bytes=head_partial_bytes,
+        )
 
 
 def load_cluster(path: str | Path) -> Cluster:

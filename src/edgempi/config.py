@@ -43,8 +43,13 @@ class Config:
     calibration_repeats: int = 3
 
 
-_TYPES = {"int": int, "float": (int, float), "str": str, "str | None": (str, type(None)),
-          "int | None": (int, type(None))}
+_TYPES = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+}
 _POSITIVE = ("reduction", "in_channels", "num_classes", "batch_size", "threads", "calibration_repeats", "min_rows")
 
 
@@ -52,8 +57,7 @@ def _check(config: Config) -> Config:
     for f in fields(Config):
         value = getattr(config, f.name)
         if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
-            raise ConfigError(f"config '{f.name}' must be {f.type.replace(' | None', ' or null')}, "
-                              f"not {value!r}")
+            raise ConfigError(f"config '{f.name}' must be {f.type.replace(' | None', ' or null')}, not {value!r}")
     for name in _POSITIVE:
         if getattr(config, name) < 1:
             raise ConfigError(f"config '{name}' must be at least 1, not {getattr(config, name)}")
@@ -82,8 +86,9 @@ def find_yaml(path: str | Path, folder: str, kind: str, error: type[Exception]) 
     known = packaged(folder)
     if str(path) in known:
         return known[str(path)]
-    raise error(f"{kind} file '{path}' does not exist and is no packaged {kind} name "
-                f"(packaged: {', '.join(sorted(known))})")
+    raise error(
+        f"{kind} file '{path}' does not exist and is no packaged {kind} name (packaged: {', '.join(sorted(known))})"
+    )
 
 
 def load_config(path: str | Path | None, **overrides) -> Config:
@@ -97,8 +102,9 @@ def load_config(path: str | Path | None, **overrides) -> Config:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"config file '{path}' is not valid YAML{where}: "
-                              f"{getattr(exc, 'problem', None) or exc}") from None
+            raise ConfigError(
+                f"config file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+            ) from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of settings")
     known = {f.name for f in fields(Config)}

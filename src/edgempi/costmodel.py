@@ -58,8 +58,15 @@ class Trunk:
             rows = [stage.rows_needed((r, r + 1), h) for r in range(shapes[-1][1])]
             need_lo.append(np.array([lo for lo, _ in rows]))
             need_hi.append(np.array([hi for _, hi in rows]))
-        return cls([s.name for s in stages], shapes, macs, [s.boundary_after for s in stages],
-                   [s.map_sums for s in stages], need_lo, need_hi)
+        return cls(
+            [s.name for s in stages],
+            shapes,
+            macs,
+            [s.boundary_after for s in stages],
+            [s.map_sums for s in stages],
+            need_lo,
+            need_hi,
+        )
 
     @property
     def depth(self) -> int:
@@ -81,7 +88,7 @@ class Trunk:
         """Per level ``first + 1..end`` of block ``first..end``: the fewest rows of that level
         that the strips on both sides of any cut of the block's output both compute (0 for
         an output of one row)."""
-        return self._chain(end)[2][first + 1:]
+        return self._chain(end)[2][first + 1 :]
 
     def _chain(self, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if end not in self._chains:
@@ -124,10 +131,20 @@ class CostModel:
     def subset(self, ranks: Sequence[int]) -> CostModel:
         """The same devices and links, for the given ranks only."""
         pick = np.asarray(ranks)
-        return CostModel(self.stage_fixed_s[pick], self.stage_row_s[pick], self.latency_s[np.ix_(pick, pick)],
-                         self.bandwidth_Bps[np.ix_(pick, pick)], self.memory_bytes[pick], self.head_row_s[pick],
-                         self.head_rest_s, self.weight_bytes, self.head_bytes, self.head_row_bytes,
-                         self.head_partial_bytes, self.jitter_s)
+        return CostModel(
+            self.stage_fixed_s[pick],
+            self.stage_row_s[pick],
+            self.latency_s[np.ix_(pick, pick)],
+            self.bandwidth_Bps[np.ix_(pick, pick)],
+            self.memory_bytes[pick],
+            self.head_row_s[pick],
+            self.head_rest_s,
+            self.weight_bytes,
+            self.head_bytes,
+            self.head_row_bytes,
+            self.head_partial_bytes,
+            self.jitter_s,
+        )
 
     def allreduce_s(self, nbytes: float) -> float:
         """One Allreduce of ``nbytes`` over all ranks (recursive doubling on the slowest link)."""
@@ -149,8 +166,11 @@ class CostModel:
         if step not in self._links:
             ranks = np.arange(self.ranks)
             source = np.clip(ranks + step, 0, self.ranks - 1)
-            self._links[step] = ((source != ranks)[:, None], self.latency_s[source, ranks][:, None],
-                                 self.bandwidth_Bps[source, ranks][:, None])
+            self._links[step] = (
+                (source != ranks)[:, None],
+                self.latency_s[source, ranks][:, None],
+                self.bandwidth_Bps[source, ranks][:, None],
+            )
         return self._links[step]
 
     def speeds(self) -> list[float]:
@@ -182,8 +202,9 @@ class StripCosts:
     end. A strip thinner than ``min_rows`` or too big for the rank's memory takes forever.
     """
 
-    def __init__(self, trunk: Trunk, costs: CostModel, first: int, end: int, classifier: int,
-                 batch: int = 1, min_rows: int = 1):
+    def __init__(
+        self, trunk: Trunk, costs: CostModel, first: int, end: int, classifier: int, batch: int = 1, min_rows: int = 1
+    ):
         self._trunk, self._costs, self.first, self.end = trunk, costs, first, end
         self.height, self.ranks, self.min_rows, self._batch = trunk.shapes[end][1], costs.ranks, min_rows, batch
         last = end == trunk.depth
@@ -204,8 +225,11 @@ class StripCosts:
             self._below = costs.receive_s(+1, np.maximum(0, highs[0] - owned_to) * row_bytes)
         self._send = np.zeros(self.ranks)
         if last:
-            self._send = np.where(ranks != classifier, costs.latency_s[:, classifier]
-                                  + costs.head_partial_bytes * batch / costs.bandwidth_Bps[:, classifier], 0.0)
+            self._send = np.where(
+                ranks != classifier,
+                costs.latency_s[:, classifier] + costs.head_partial_bytes * batch / costs.bandwidth_Bps[:, classifier],
+                0.0,
+            )
         rb = np.array([trunk.row_bytes(level, batch) for level in range(first, end + 1)], dtype=float)[:, None]
         self._peak_from, self._peak_to = lows * rb, highs * rb
         self._head_row_bytes = np.zeros(self.ranks)  # last block: memory for the head's columns of a row
@@ -265,8 +289,9 @@ class StripCosts:
             self._base = (self._fixed + self._send).tolist()
             self._starts = (self._above - self._by_lo - head * position).tolist()
             self._ends = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1].tolist()
-            self._holds_rest = self._fits(np.arange(self.ranks)[:, None], np.arange(self.height)[None, :],
-                                          np.full((1, self.height), self.height)).tolist()
+            self._holds_rest = self._fits(
+                np.arange(self.ranks)[:, None], np.arange(self.height)[None, :], np.full((1, self.height), self.height)
+            ).tolist()
         if self._holds_rest[rank][lo]:
             count = bisect.bisect_right(self._ends[rank], limit - self._base[rank] - self._starts[rank][lo]) - lo
             return count if count >= self.min_rows else 0
@@ -303,7 +328,7 @@ def least_compute_s(trunk: Trunk, costs: CostModel, first: int, end: int, batch:
     least = (b * weight[:, None]).min(axis=0)
     used = np.arange(1, min(costs.ranks, max(1, trunk.shapes[end][1] // min_rows)) + 1)
     work = least @ rows + (used - 1) * (least @ trunk.cut_overlaps(first, end))
-    speed = np.cumsum(np.sort(weight)[::-1])[:len(used)]
+    speed = np.cumsum(np.sort(weight)[::-1])[: len(used)]
     bounds = [c + np.maximum(work + used * (weight * (fixed - c)).min(), 0.0) / speed for c in (0.0, fixed.min())]
     return float(np.maximum(*bounds).min())
 
@@ -318,7 +343,9 @@ def fit_stage_costs(rows: Sequence[Sequence[int]], seconds: Sequence[Sequence[fl
     return np.where(bad, 0.0, fixed), np.where(bad, t1 / r1, per_row)
 
 
-def uniform_links(ranks: int, latency_s: Sequence[float], bandwidth_Bps: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def uniform_links(
+    ranks: int, latency_s: Sequence[float], bandwidth_Bps: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise links from per-device ones: latencies add, the slower bandwidth limits."""
     lat, bw = np.asarray(latency_s, dtype=float), np.asarray(bandwidth_Bps, dtype=float)
     latency = lat[:, None] + lat[None, :]
@@ -328,11 +355,20 @@ def uniform_links(ranks: int, latency_s: Sequence[float], bandwidth_Bps: Sequenc
     return latency, bandwidth
 
 
-def model_from_speeds(trunk: Trunk, speeds: Sequence[float], macs_per_s: float = 2e9, call_s: float = 2e-4,
-                      latency_s: Sequence[float] | None = None, bandwidth_Bps: Sequence[float] | None = None,
-                      memory_bytes: Sequence[float] | None = None, head_bytes: float = 0.0,
-                      head_rest_bytes: float = 0.0, memory_Bps: float = 4e9, weight_bytes: float = 0.0,
-                      head_partial_bytes: float = 0.0) -> CostModel:
+def model_from_speeds(
+    trunk: Trunk,
+    speeds: Sequence[float],
+    macs_per_s: float = 2e9,
+    call_s: float = 2e-4,
+    latency_s: Sequence[float] | None = None,
+    bandwidth_Bps: Sequence[float] | None = None,
+    memory_bytes: Sequence[float] | None = None,
+    head_bytes: float = 0.0,
+    head_rest_bytes: float = 0.0,
+    memory_Bps: float = 4e9,
+    weight_bytes: float = 0.0,
+    head_partial_bytes: float = 0.0,
+) -> CostModel:
     """A cost model of simulated devices: a speed-1 device does ``macs_per_s``, every stage call
     costs ``call_s / speed``, and the memory-bound head streams its weights at ``memory_Bps * speed``
     (the classifier, rank 0 by default, its rest)."""
@@ -340,11 +376,23 @@ def model_from_speeds(trunk: Trunk, speeds: Sequence[float], macs_per_s: float =
     ranks = len(speeds)
     rows = np.array([max(shape[1], 1) for shape in trunk.shapes[1:]], dtype=float)
     per_row = np.asarray(trunk.macs, dtype=float) / rows / macs_per_s
-    latency, bandwidth = uniform_links(ranks, latency_s if latency_s is not None else [1e-4] * ranks,
-                                       bandwidth_Bps if bandwidth_Bps is not None else [1.25e7] * ranks)
+    latency, bandwidth = uniform_links(
+        ranks,
+        latency_s if latency_s is not None else [1e-4] * ranks,
+        bandwidth_Bps if bandwidth_Bps is not None else [1.25e7] * ranks,
+    )
     memory = np.asarray(memory_bytes if memory_bytes is not None else [math.inf] * ranks, dtype=float)
     out_rows = trunk.shapes[-1][1]
-    return CostModel(np.outer(1 / speeds, np.full(trunk.depth, call_s)), np.outer(1 / speeds, per_row),
-                     latency, bandwidth, memory, head_bytes / out_rows / memory_Bps / speeds,
-                     head_rest_bytes / memory_Bps / speeds[0], weight_bytes, head_bytes + head_rest_bytes,
-                     head_bytes / out_rows, head_partial_bytes)
+    return CostModel(
+        np.outer(1 / speeds, np.full(trunk.depth, call_s)),
+        np.outer(1 / speeds, per_row),
+        latency,
+        bandwidth,
+        memory,
+        head_bytes / out_rows / memory_Bps / speeds,
+        head_rest_bytes / memory_Bps / speeds[0],
+        weight_bytes,
+        head_bytes + head_rest_bytes,
+        head_bytes / out_rows,
+        head_partial_bytes,
+    )

@@ -43,12 +43,18 @@ def stratified_split(labels: np.ndarray, fractions=DEFAULT_FRACTIONS, seed: int 
         members = rng.permutation(np.flatnonzero(labels == label))
         n_train, n_val = (round(f * len(members)) for f in fractions[:2])
         split[members[:n_train]] = 0
-        split[members[n_train:n_train + n_val]] = 1
+        split[members[n_train : n_train + n_val]] = 1
     return split
 
 
-def write_dataset(path: str | Path, images: np.ndarray, labels: np.ndarray, classes=CLASS_NAMES,
-                  fractions=DEFAULT_FRACTIONS, seed: int = 0) -> None:
+def write_dataset(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes=CLASS_NAMES,
+    fractions=DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> None:
     """Write images ``[N, C, H, W]`` uint8, labels ``[N]`` and their stratified split
     atomically in edgempi's layout."""
     n, c, h, w = images.shape
@@ -81,8 +87,9 @@ def convert(folder: str | Path, out: str | Path, fractions=DEFAULT_FRACTIONS, se
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise DataError(f"images in '{folder}' differ in size: {sorted(shapes)}")
-    write_dataset(out, np.stack(images)[:, None], np.array([label for label, _, _ in found]), CLASS_NAMES,
-                  fractions, seed)
+    write_dataset(
+        out, np.stack(images)[:, None], np.array([label for label, _, _ in found]), CLASS_NAMES, fractions, seed
+    )
     return len(found)
 
 
@@ -121,8 +128,9 @@ def synth(out: str | Path, n: int, seed: int = 0, size: int = 200, fractions=DEF
     if n < 1:
         raise DataError("--n must be at least 1")
     labels = np.arange(n) % len(CLASS_NAMES)
-    images = np.stack([synth_image(int(label), np.random.default_rng([seed, i]), size)
-                       for i, label in enumerate(labels)])
+    images = np.stack(
+        [synth_image(int(label), np.random.default_rng([seed, i]), size) for i, label in enumerate(labels)]
+    )
     write_dataset(out, images[:, None], labels, CLASS_NAMES, fractions, seed)
 
 
@@ -175,11 +183,11 @@ class ImageSet:
 
     def read(self, start: int, stop: int, rows: tuple[int, int]) -> torch.Tensor:
         """Images ``start..stop``, rows ``rows`` only (an HDF5 hyperslab), preprocessed to float32."""
-        return self.preprocess(self.images[start:stop, :, rows[0]:rows[1], :])
+        return self.preprocess(self.images[start:stop, :, rows[0] : rows[1], :])
 
     def read_indices(self, indices: np.ndarray, rows: tuple[int, int]) -> torch.Tensor:
         """Images at sorted ``indices``, rows ``rows`` only, preprocessed to float32."""
-        return self.preprocess(self.images[np.asarray(indices), :, rows[0]:rows[1], :])
+        return self.preprocess(self.images[np.asarray(indices), :, rows[0] : rows[1], :])
 
     def close(self) -> None:
         self.file.close()

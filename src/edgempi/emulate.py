@@ -83,8 +83,25 @@ def has_netem() -> bool:
     if _run("ip", "netns", "add", probe, check=False).returncode != 0:
         return False
     try:
-        return _run("ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
-                    check=False).returncode == 0
+        return (
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                probe,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+                check=False,
+            ).returncode
+            == 0
+        )
     finally:
         _run("ip", "netns", "del", probe, check=False)
 
@@ -96,8 +113,9 @@ def cpu_period_us(cores: float) -> int:
         raise EmulationError(f"a device of {cores:.3g} cores cannot be emulated on {os.cpu_count()} cores")
     period = max(round(MIN_QUOTA_US / cores), MIN_PERIOD_US)
     if period > MAX_PERIOD_US:
-        raise EmulationError(f"a device of {cores:.3g} cores needs a CPU period above {MAX_PERIOD_US} us: "
-                             f"raise core_per_speed")
+        raise EmulationError(
+            f"a device of {cores:.3g} cores needs a CPU period above {MAX_PERIOD_US} us: raise core_per_speed"
+        )
     return period
 
 
@@ -203,8 +221,13 @@ def leftovers() -> list[str]:
 
 def in_device(n: int, command: list[str]) -> subprocess.Popen:
     """Start ``command`` inside device ``n`` (its namespace and CPU group), as mpirun's agent does."""
-    return subprocess.Popen([str(AGENT), address(n), " ".join(command)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(AGENT), address(n), " ".join(command)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def check_fidelity(cluster: Cluster) -> list:
@@ -220,8 +243,25 @@ def mpirun_options(devices: int | list[int]) -> list[str]:
     numbers = range(1, devices + 1) if isinstance(devices, int) else devices
     hosts = ",".join(f"{address(n)}:1" for n in numbers)
     subnet = f"{SUBNET}.0/24"
-    return ["--host", hosts, "--prtemca", "plm_ssh_agent", str(AGENT), "--prtemca", "oob_tcp_if_include", subnet,
-            "--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", subnet]
+    return [
+        "--host",
+        hosts,
+        "--prtemca",
+        "plm_ssh_agent",
+        str(AGENT),
+        "--prtemca",
+        "oob_tcp_if_include",
+        subnet,
+        "--mca",
+        "pml",
+        "ob1",
+        "--mca",
+        "btl",
+        "tcp,self",
+        "--mca",
+        "btl_tcp_if_include",
+        subnet,
+    ]
 
 
 def describe(cluster: Cluster, netem: bool) -> None:
@@ -229,11 +269,15 @@ def describe(cluster: Cluster, netem: bool) -> None:
     for n, d in enumerate(cluster.devices, start=1):
         cores = d.speed * cluster.core_per_speed
         latency = f", {d.latency_ms:g} ms round trip" if netem else ""
-        print(f"dev{n} {address(n)}: {cores:.2f} core (CPU period {cpu_period_us(cores) / 1e3:g} ms), "
-              f"{d.bandwidth_mbit:g} Mbit/s{latency} ({d.name})")
+        print(
+            f"dev{n} {address(n)}: {cores:.2f} core (CPU period {cpu_period_us(cores) / 1e3:g} ms), "
+            f"{d.bandwidth_mbit:g} Mbit/s{latency} ({d.name})"
+        )
     if not netem:
-        print("this kernel has no netem: link latency is the namespaces' own (tens of microseconds), "
-              "not the file's latency_ms")
+        print(
+            "this kernel has no netem: link latency is the namespaces' own (tens of microseconds), "
+            "not the file's latency_ms"
+        )
 
 
 def fidelity(cluster: Cluster) -> int:
@@ -255,11 +299,15 @@ def fidelity(cluster: Cluster) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.emulate", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down", "check"])
-    parser.add_argument("--cluster", default=DEFAULT_CLUSTER,
-                        help="a cluster file or a packaged name (default: %(default)s)")
-    parser.add_argument("--fidelity", action="store_true",
-                        help="with check: build the cluster, time a bursty convolution workload in every device "
-                             "(alone, then all at once) against the file's speed; fail when one is off by over 10%%")
+    parser.add_argument(
+        "--cluster", default=DEFAULT_CLUSTER, help="a cluster file or a packaged name (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="with check: build the cluster, time a bursty convolution workload in every device "
+        "(alone, then all at once) against the file's speed; fail when one is off by over 10%%",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int | None:

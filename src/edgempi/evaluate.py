@@ -113,8 +113,12 @@ def load_reference(path: str, indices: np.ndarray, classes: int) -> np.ndarray:
 def compare(path: str, reference: np.ndarray, logits: np.ndarray) -> dict:
     """How this run's predictions compare with the reference run's on the same images."""
     same = logits.argmax(1) == reference.argmax(1)
-    return {"reference": path, "identical_predictions": int(same.sum()), "images": int(len(same)),
-            "max_abs_logit_difference": float(np.abs(logits - reference).max()) if len(same) else 0.0}
+    return {
+        "reference": path,
+        "identical_predictions": int(same.sum()),
+        "images": int(len(same)),
+        "max_abs_logit_difference": float(np.abs(logits - reference).max()) if len(same) else 0.0,
+    }
 
 
 def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
@@ -128,7 +132,7 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
     def todo():
         if args.max_batches is not None and args.max_batches < 1:
             raise DataError(f"--max-batches must be at least 1, not {args.max_batches}")
-        wanted = job.data.indices(split)[:config.limit]
+        wanted = job.data.indices(split)[: config.limit]
         if job.data.labels is None:
             raise DataError(f"'{config.data}' has no labels to evaluate against")
         if comm.rank != 0:
@@ -138,8 +142,9 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
         done, _ = parts.load()
         foreign = np.setdiff1d(done, wanted)
         if len(foreign):
-            raise DataError(f"saved batches in '{parts.folder}' hold image {foreign[0]}, not in this split: "
-                            "run without --resume")
+            raise DataError(
+                f"saved batches in '{parts.folder}' hold image {foreign[0]}, not in this split: run without --resume"
+            )
         return wanted, wanted[~np.isin(wanted, done)], parts, reference
 
     wanted, remaining, parts, reference = collectively(comm, todo)
@@ -157,18 +162,30 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
     predictions = logits.argmax(1)
     classes = job.data.classes or [str(k) for k in range(config.num_classes)]
     report = summarize(job, results, job.data.labels) if len(results.indices) else {}
-    report.update(split=args.split, images=int(len(indices)), evaluated_now=int(len(results.indices)),
-                  **class_metrics(labels, predictions, classes))
+    report.update(
+        split=args.split,
+        images=int(len(indices)),
+        evaluated_now=int(len(results.indices)),
+        **class_metrics(labels, predictions, classes),
+    )
     if args.reference:
         report["comparison"] = compare(args.reference, reference, logits)
     with atomic_path(args.output) as tmp, h5py.File(tmp, "w") as f:
-        for name, values in (("indices", indices), ("labels", labels), ("predictions", predictions),
-                             ("logits", logits)):
+        for name, values in (
+            ("indices", indices),
+            ("labels", labels),
+            ("predictions", predictions),
+            ("logits", logits),
+        ):
             f.create_dataset(name, data=values)
         f.attrs.update(model=config.model, split=args.split, data=config.data, world_size=comm.size)
     confusion = Path(args.confusion or Path(args.report or args.output).with_suffix(".confusion.png"))
-    plot_confusion(confusion, report["confusion"], classes,
-                   f"{config.model} on {args.split}: {100 * report['accuracy']:.2f}% ({len(indices)} images)")
+    plot_confusion(
+        confusion,
+        report["confusion"],
+        classes,
+        f"{config.model} on {args.split}: {100 * report['accuracy']:.2f}% ({len(indices)} images)",
+    )
     if args.report:
         write_report(args.report, report)
     parts.remove()
@@ -185,12 +202,16 @@ def print_evaluation(report: dict, confusion: Path) -> None:
     for name, m in report["per_class"].items():
         print(f"{name:<20} {_percent(m['precision']):>9}  {_percent(m['recall']):>6}  {m['images']:>6}")
     if "latency_s" in report:
-        print(f"latency median {1e3 * report['latency_s']['median']:.1f} ms per batch of {report['batch_size']}, "
-              f"{report['throughput_img_s']:.2f} img/s over the {report['evaluated_now']} images run now")
+        print(
+            f"latency median {1e3 * report['latency_s']['median']:.1f} ms per batch of {report['batch_size']}, "
+            f"{report['throughput_img_s']:.2f} img/s over the {report['evaluated_now']} images run now"
+        )
     if "comparison" in report:
         c = report["comparison"]
-        print(f"same prediction as {c['reference']} on {c['identical_predictions']} of {c['images']} images; "
-              f"largest logit difference {c['max_abs_logit_difference']:.2e}")
+        print(
+            f"same prediction as {c['reference']} on {c['identical_predictions']} of {c['images']} images; "
+            f"largest logit difference {c['max_abs_logit_difference']:.2e}"
+        )
     print(f"confusion matrix: {confusion}")
 
 

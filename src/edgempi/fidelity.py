@@ -95,8 +95,13 @@ def host_process(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def measure(expected_cores: list[float], launch: Callable[[int, list[str]], subprocess.Popen], rounds: int = 5,
-            bursts: int = 15, gap_ms: float = 20.0) -> list[DeviceSpeed]:
+def measure(
+    expected_cores: list[float],
+    launch: Callable[[int, list[str]], subprocess.Popen],
+    rounds: int = 5,
+    bursts: int = 15,
+    gap_ms: float = 20.0,
+) -> list[DeviceSpeed]:
     """Each device's speed in cores, alone and with every device at once: per round, the host's
     burst time next to each measurement over the device's, then the median over ``rounds``.
     ``launch(n, command)`` starts ``command`` in device ``n`` (1-based) with text pipes on
@@ -119,14 +124,18 @@ def measure(expected_cores: list[float], launch: Callable[[int, list[str]], subp
     finally:
         for worker in [reference, *devices]:
             worker.close()
-    return [DeviceSpeed(n, cores, statistics.median(a), statistics.median(t))
-            for n, (cores, a, t) in enumerate(zip(expected_cores, alone, together), start=1)]
+    return [
+        DeviceSpeed(n, cores, statistics.median(a), statistics.median(t))
+        for n, (cores, a, t) in enumerate(zip(expected_cores, alone, together), start=1)
+    ]
 
 
 def table(speeds: list[DeviceSpeed]) -> str:
     lines = ["device  file (cores)  alone (cores)  together (cores)  worst error"]
-    lines += [f"dev{s.device:<4} {s.expected:>12.3f}  {s.alone:>13.3f}  {s.together:>16.3f}  {100 * s.worst_error():>10.1f}%"
-              for s in speeds]
+    lines += [
+        f"dev{s.device:<4} {s.expected:>12.3f}  {s.alone:>13.3f}  {s.together:>16.3f}  {100 * s.worst_error():>10.1f}%"
+        for s in speeds
+    ]
     return "\n".join(lines)
 
 

@@ -46,8 +46,9 @@ class HeadRows:
     """One rank's share of the head: the folded columns of its feature rows ``rows``; on the
     classifier rank also the first Linear's bias and the rest of the head."""
 
-    def __init__(self, columns: torch.Tensor, rows: Rows, bias: torch.Tensor | None = None,
-                 rest: nn.Module | None = None):
+    def __init__(
+        self, columns: torch.Tensor, rows: Rows, bias: torch.Tensor | None = None, rest: nn.Module | None = None
+    ):
         self.columns, self.rows, self.bias, self.rest = columns, rows, bias, rest
         self.out_features = columns.shape[0]
 
@@ -66,8 +67,7 @@ class HeadRows:
 def classifier_head(model: nn.Module, channels: int, height: int, width: int) -> HeadRows:
     """The whole head, as the classifier rank builds it before the plan cuts it by rows."""
     _, linear, rest = model.head_parts()
-    return HeadRows(folded_weight(model, channels, height, width).contiguous(), (0, height),
-                    linear.bias.detach(), rest)
+    return HeadRows(folded_weight(model, channels, height, width).contiguous(), (0, height), linear.bias.detach(), rest)
 
 
 def time_head(out_features: int, row_columns: int, batch: int, head: HeadRows | None) -> tuple[float, float]:

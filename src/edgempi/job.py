@@ -38,8 +38,7 @@ class Job:
 
 
 def _model(config: Config, with_head: bool) -> torch.nn.Module:
-    model = build_model(config.model, config.in_channels, config.num_classes, config.seed, with_head,
-                        config.reduction)
+    model = build_model(config.model, config.in_channels, config.num_classes, config.seed, with_head, config.reduction)
     if config.weights:
         load_weights(model, config.weights)
     return model
@@ -61,8 +60,16 @@ def prepare(comm: Communicator, config: Config) -> Job:
     def plan():
         if comm.rank != 0:
             return None
-        return make_plan(config.model, trunk, profile.cost_model(), config.strategy, config.fusion,
-                         config.classifier_rank, config.batch_size, config.min_rows).to_dict()
+        return make_plan(
+            config.model,
+            trunk,
+            profile.cost_model(),
+            config.strategy,
+            config.fusion,
+            config.classifier_rank,
+            config.batch_size,
+            config.min_rows,
+        ).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
     return Job(config, data, model, plan, profile, Runtime(comm, stages, plan, head))
@@ -83,9 +90,13 @@ def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def run_batches(comm: Communicator, job: Job, indices: np.ndarray,
-                on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                max_batches: int | None = None) -> Results | None:
+def run_batches(
+    comm: Communicator,
+    job: Job,
+    indices: np.ndarray,
+    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    max_batches: int | None = None,
+) -> Results | None:
     """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
     Rank 0 gets each batch's logits as it finishes and hands them to ``on_batch``. Each

@@ -29,11 +29,15 @@ def class_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str
     np.add.at(confusion, (labels, predictions), 1)
     predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
     hits = np.diag(confusion)
-    per_class = {name: {"precision": float(hits[k] / predicted[k]) if predicted[k] else None,
-                        "recall": float(hits[k] / actual[k]) if actual[k] else None, "images": int(actual[k])}
-                 for k, name in enumerate(classes)}
-    return {**accuracy_fields(int(hits.sum()), len(labels)), "per_class": per_class,
-            "confusion": confusion.tolist()}
+    per_class = {
+        name: {
+            "precision": float(hits[k] / predicted[k]) if predicted[k] else None,
+            "recall": float(hits[k] / actual[k]) if actual[k] else None,
+            "images": int(actual[k]),
+        }
+        for k, name in enumerate(classes)
+    }
+    return {**accuracy_fields(int(hits.sum()), len(labels)), "per_class": per_class, "confusion": confusion.tolist()}
 
 
 def accuracy_fields(hits: int | None, images: int) -> dict:

@@ -41,8 +41,9 @@ def cost_model(args, config, model, trunk: Trunk, ranks_hint: int) -> CostModel:
     if args.profile:
         return Profile.load(args.profile).cost_model()
     cluster = load_cluster(args.cluster)
-    trunk_bytes = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-                      if not name.startswith(model.head_prefixes))
+    trunk_bytes = sum(
+        p.numel() * p.element_size() for name, p in model.named_parameters() if not name.startswith(model.head_prefixes)
+    )
     return cluster.cost_model(trunk, trunk_bytes, *head_weight_bytes(model, *trunk.shapes[-1]))
 
 
@@ -55,21 +56,27 @@ def baseline(trunk: Trunk, costs: CostModel, classifier: int) -> tuple[float, fl
 
 
 def describe(plan: Plan, trunk: Trunk, single_s: float, bound: float) -> str:
-    lines = [f"{plan.model} {plan.height}x{plan.width} on {plan.world_size} devices, strategy={plan.strategy}, "
-             f"fusion={plan.fusion}, classifier on rank {plan.classifier_rank}",
-             f"{'block':>5}  {'stages':<30} {'ranks':>5}  {'compute_ms':>10} {'halo_ms':>8} {'wait_ms':>8} "
-             f"{'block_ms':>8}  rows per rank"]
+    lines = [
+        f"{plan.model} {plan.height}x{plan.width} on {plan.world_size} devices, strategy={plan.strategy}, "
+        f"fusion={plan.fusion}, classifier on rank {plan.classifier_rank}",
+        f"{'block':>5}  {'stages':<30} {'ranks':>5}  {'compute_ms':>10} {'halo_ms':>8} {'wait_ms':>8} "
+        f"{'block_ms':>8}  rows per rank",
+    ]
     for index, b in enumerate(plan.blocks):
         busy = [c + h for c, h in zip(b.predicted_compute_s, b.predicted_halo_s)]
         wait = [max(busy) - t if t else 0.0 for t in busy]
         rows = ",".join(str(hi - lo) for lo, hi in b.rows)
-        lines.append(f"{index:>5}  {trunk.names[b.first] + '..' + trunk.names[b.end - 1]:<30} {len(b.ranks):>5}  "
-                     f"{1e3 * max(b.predicted_compute_s):>10.2f} {1e3 * max(b.predicted_halo_s):>8.2f} "
-                     f"{1e3 * max(wait):>8.2f} {1e3 * b.predicted_s:>8.2f}  {rows}")
+        lines.append(
+            f"{index:>5}  {trunk.names[b.first] + '..' + trunk.names[b.end - 1]:<30} {len(b.ranks):>5}  "
+            f"{1e3 * max(b.predicted_compute_s):>10.2f} {1e3 * max(b.predicted_halo_s):>8.2f} "
+            f"{1e3 * max(wait):>8.2f} {1e3 * b.predicted_s:>8.2f}  {rows}"
+        )
     speedup = single_s / plan.predicted_latency_s
-    lines.append(f"predicted latency {1e3 * plan.predicted_latency_s:.1f} ms; fastest device alone "
-                 f"{1e3 * single_s:.1f} ms: speedup {speedup:.2f}x of the bound {bound:.2f}x "
-                 f"({100 * speedup / bound:.0f}%)")
+    lines.append(
+        f"predicted latency {1e3 * plan.predicted_latency_s:.1f} ms; fastest device alone "
+        f"{1e3 * single_s:.1f} ms: speedup {speedup:.2f}x of the bound {bound:.2f}x "
+        f"({100 * speedup / bound:.0f}%)"
+    )
     return "\n".join(lines)
 
 
@@ -78,15 +85,23 @@ def compare(trunk: Trunk, costs: CostModel, model: str, classifier: int, batch: 
     for strategy in STRATEGIES:
         for fusion in COMPARE_FUSIONS:
             plan = make_plan(model, trunk, costs, strategy, fusion, classifier, batch)
-            rows.append({"strategy": strategy, "fusion": fusion, "predicted_latency_s": plan.predicted_latency_s,
-                         "speedup": single_s / plan.predicted_latency_s, "blocks": len(plan.blocks)})
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "fusion": fusion,
+                    "predicted_latency_s": plan.predicted_latency_s,
+                    "speedup": single_s / plan.predicted_latency_s,
+                    "blocks": len(plan.blocks),
+                }
+            )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.plan", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config (a file or a packaged name such as vgg16): model, classes, "
-                        "strategy, fusion")
+    parser.add_argument(
+        "--config", help="YAML config (a file or a packaged name such as vgg16): model, classes, strategy, fusion"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cluster", help="simulated devices: a cluster file or a packaged name (pi4-hetero, ...)")
     source.add_argument("--profile", help="a profile saved by edgempi.infer --profile")
@@ -107,8 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         costs = cost_model(args, config, model, trunk, 1)
         trunk_geometry(config.model, stages, image, costs.ranks)
         start = time.perf_counter()
-        plan = make_plan(config.model, trunk, costs, config.strategy, config.fusion, config.classifier_rank,
-                         config.batch_size, config.min_rows)
+        plan = make_plan(
+            config.model,
+            trunk,
+            costs,
+            config.strategy,
+            config.fusion,
+            config.classifier_rank,
+            config.batch_size,
+            config.min_rows,
+        )
         planning_s = time.perf_counter() - start
         single_s, bound = baseline(trunk, costs, config.classifier_rank)
         print(describe(plan, trunk, single_s, bound))
@@ -120,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             best = min(r["predicted_latency_s"] for r in result["compare"])
             for r in result["compare"]:
                 mark = "  <- best" if r["predicted_latency_s"] == best else ""
-                print(f"{r['strategy']:<13} {r['fusion']:<8} {1e3 * r['predicted_latency_s']:>12.1f} "
-                      f"{r['speedup']:>7.2f}x {r['blocks']:>6}{mark}")
+                print(
+                    f"{r['strategy']:<13} {r['fusion']:<8} {1e3 * r['predicted_latency_s']:>12.1f} "
+                    f"{r['speedup']:>7.2f}x {r['blocks']:>6}{mark}"
+                )
         if args.json:
             with atomic_path(args.json) as tmp:
                 tmp.write_text(json.dumps(result, indent=2) + "\n")

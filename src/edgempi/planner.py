@@ -66,17 +66,21 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        blocks = [Block(**{**b, "rows": [tuple(r) for r in b["rows"]], "needs": [tuple(r) for r in b["needs"]]})
-                  for b in data["blocks"]]
+        blocks = [
+            Block(**{**b, "rows": [tuple(r) for r in b["rows"]], "needs": [tuple(r) for r in b["needs"]]})
+            for b in data["blocks"]
+        ]
         return cls(**{**data, "blocks": blocks})
 
     def table(self, stage_names: Sequence[str]) -> str:
         """Rows per rank per block with the predicted seconds, as printed by the entry points."""
         ranks = range(self.world_size)
-        lines = [f"plan: {self.model} {self.height}x{self.width}, {self.world_size} ranks, "
-                 f"strategy={self.strategy}, fusion={self.fusion}, classifier on rank {self.classifier_rank}, "
-                 f"predicted {1e3 * self.predicted_latency_s:.1f} ms",
-                 "block  stages" + " " * 26 + "".join(f"  rank{r:<3}" for r in ranks) + "  predicted_ms"]
+        lines = [
+            f"plan: {self.model} {self.height}x{self.width}, {self.world_size} ranks, "
+            f"strategy={self.strategy}, fusion={self.fusion}, classifier on rank {self.classifier_rank}, "
+            f"predicted {1e3 * self.predicted_latency_s:.1f} ms",
+            "block  stages" + " " * 26 + "".join(f"  rank{r:<3}" for r in ranks) + "  predicted_ms",
+        ]
         for index, block in enumerate(self.blocks):
             names = f"{stage_names[block.first]}..{stage_names[block.end - 1]}"
             owned = "".join(f"  {hi - lo:>7}" for lo, hi in block.rows)
@@ -138,8 +142,9 @@ class Planner:
     that it did not compute in the block before, from whichever ranks did.
     """
 
-    def __init__(self, trunk: Trunk, costs: CostModel, strategy: str, classifier_rank: int,
-                 batch: int = 1, min_rows: int = 1):
+    def __init__(
+        self, trunk: Trunk, costs: CostModel, strategy: str, classifier_rank: int, batch: int = 1, min_rows: int = 1
+    ):
         if strategy not in PARTITIONERS:
             raise PlanError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
         self.trunk, self.costs, self.strategy = trunk, costs, strategy
@@ -179,8 +184,10 @@ class Planner:
         clipped = np.minimum(index, len(starts) - 1)
         sources, receivers = before.owners[clipped], block.readers[:, None]
         rows = np.minimum(ends[clipped], bottoms[:, None]) - np.maximum(starts[clipped], tops[:, None])
-        seconds = self.costs.latency_s[sources, receivers] \
+        seconds = (
+            self.costs.latency_s[sources, receivers]
             + rows * self.trunk.row_bytes(level, self.batch) / self.costs.bandwidth_Bps[sources, receivers]
+        )
         halo[block.readers] = np.where((index < stop[:, None]) & (sources != receivers), seconds, 0.0).sum(axis=1)
         return halo
 
@@ -228,8 +235,9 @@ class Planner:
             state = best[state][1]
         return path[::-1]
 
-    def _follow(self, before: list[tuple[float, tuple[int, int, int] | None]], candidate: Candidate,
-                level: int) -> tuple[float, tuple[int, int, int] | None]:
+    def _follow(
+        self, before: list[tuple[float, tuple[int, int, int] | None]], candidate: Candidate, level: int
+    ) -> tuple[float, tuple[int, int, int] | None]:
         """The least time to the end of ``candidate`` over the states ``before`` it (by time, with
         the state), and that state. The halo only adds: once a state's time plus the block's
         without halo is no better, no later state is. States that end in the same partition
@@ -253,8 +261,12 @@ class Planner:
         """Whether block ``first..end`` after the best time to ``first`` cannot beat the better of
         fusions ``none`` and ``pool``, even at the lower bounds of it and of the rest of the trunk."""
         depth, rest_s = self.trunk.depth, self.costs.head_rest_s
-        least = {(first, end): least_compute_s(self.trunk, self.costs, first, end, self.batch, self.min_rows)
-                 + (rest_s if end == depth else 0.0) for end in range(1, depth + 1) for first in range(end)}
+        least = {
+            (first, end): least_compute_s(self.trunk, self.costs, first, end, self.batch, self.min_rows)
+            + (rest_s if end == depth else 0.0)
+            for end in range(1, depth + 1)
+            for first in range(end)
+        }
         after = [0.0] * (depth + 1)  # a lower bound on the time from each stage to the logits
         for first in range(depth - 1, -1, -1):
             after[first] = min(least[first, end] + after[end] for end in range(first + 1, depth + 1))
@@ -266,8 +278,10 @@ class Planner:
 
     def total(self, path: list[tuple[int, int, int]]) -> float:
         candidates = [self.block(first, end)[c] for first, end, c in path]
-        return sum(self.step(before, block, first) for before, block, (first, _, _)
-                   in zip([None] + candidates[:-1], candidates, path))
+        return sum(
+            self.step(before, block, first)
+            for before, block, (first, _, _) in zip([None] + candidates[:-1], candidates, path)
+        )
 
     def plan(self, model_name: str, fusion: str) -> Plan:
         path = self.best_path(None if fusion == "dp" else named_blocks(self.trunk, fusion))
@@ -275,10 +289,22 @@ class Planner:
         for first, end, c in path:
             candidate = self.block(first, end)[c]
             channels, height, width = self.trunk.shapes[end]
-            blocks.append(Block(first, end, self.trunk.shapes[first][1], channels, height, width, candidate.rows,
-                                candidate.needs, candidate.compute.tolist(),
-                                self.halo(before, candidate, first).tolist(), candidate.send.tolist(),
-                                self.step(before, candidate, first)))
+            blocks.append(
+                Block(
+                    first,
+                    end,
+                    self.trunk.shapes[first][1],
+                    channels,
+                    height,
+                    width,
+                    candidate.rows,
+                    candidate.needs,
+                    candidate.compute.tolist(),
+                    self.halo(before, candidate, first).tolist(),
+                    candidate.send.tolist(),
+                    self.step(before, candidate, first),
+                )
+            )
             before = candidate
         _, height, width = self.trunk.shapes[0]
         return Plan(model_name, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
@@ -298,8 +324,16 @@ def trunk_geometry(model_name: str, stages, image: tuple[int, int, int], ranks: 
         raise PlanError(f"a {image[1]}x{image[2]} image is too small for {model_name}: {exc}") from None
 
 
-def make_plan(model_name: str, trunk: Trunk, costs: CostModel, strategy: str = "optimal", fusion: str = "dp",
-              classifier_rank: int = 0, batch: int = 1, min_rows: int = 1) -> Plan:
+def make_plan(
+    model_name: str,
+    trunk: Trunk,
+    costs: CostModel,
+    strategy: str = "optimal",
+    fusion: str = "dp",
+    classifier_rank: int = 0,
+    batch: int = 1,
+    min_rows: int = 1,
+) -> Plan:
     """Plan ``trunk`` for the ranks of ``costs``."""
     world = costs.ranks
     _check_ranks(world, trunk.shapes[0][1])

@@ -66,9 +66,17 @@ class Profile:
         fits = [fit_stage_costs(self.stage_rows, seconds) for seconds in self.stage_s]
         bandwidth = np.array([[np.inf if b is None else b for b in row] for row in self.bandwidth_Bps], dtype=float)
         memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
-        return CostModel(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]),
-                         np.array(self.latency_s, dtype=float), bandwidth, memory, np.array(self.head_row_s, dtype=float),
-                         self.head_rest_s, head_partial_bytes=4.0 * self.head_width, jitter_s=self.jitter_s)
+        return CostModel(
+            np.array([f[0] for f in fits]),
+            np.array([f[1] for f in fits]),
+            np.array(self.latency_s, dtype=float),
+            bandwidth,
+            memory,
+            np.array(self.head_row_s, dtype=float),
+            self.head_rest_s,
+            head_partial_bytes=4.0 * self.head_width,
+            jitter_s=self.jitter_s,
+        )
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -81,8 +89,13 @@ class Profile:
         except (OSError, ValueError, TypeError) as exc:
             raise ProfileError(f"profile '{path}' is not a saved edgempi profile ({exc})") from None
         ranks = profile.world_size
-        shapes = {len(profile.stage_s), len(profile.latency_s), len(profile.bandwidth_Bps), len(profile.memory_bytes),
-                  len(profile.head_row_s) if isinstance(profile.head_row_s, list) else -1}
+        shapes = {
+            len(profile.stage_s),
+            len(profile.latency_s),
+            len(profile.bandwidth_Bps),
+            len(profile.memory_bytes),
+            len(profile.head_row_s) if isinstance(profile.head_row_s, list) else -1,
+        }
         if shapes != {ranks} or any(len(s) != 2 or len(s[0]) != len(profile.stage_rows[0]) for s in profile.stage_s):
             raise ProfileError(f"profile '{path}' is inconsistent")
         return profile
@@ -126,7 +139,7 @@ def pairing_rounds(size: int) -> list[list[tuple[int, int]]]:
     ranks: list[int | None] = list(range(size)) + ([None] if size % 2 else [])
     rounds = []
     for _ in range(len(ranks) - 1):
-        pairs = zip(ranks[:len(ranks) // 2], reversed(ranks[len(ranks) // 2:]))
+        pairs = zip(ranks[: len(ranks) // 2], reversed(ranks[len(ranks) // 2 :]))
         rounds.append([tuple(sorted(p)) for p in pairs if None not in p])
         ranks = [ranks[0], ranks[-1], *ranks[1:-1]]
     return rounds
@@ -158,9 +171,16 @@ def jitter_s(times: np.ndarray) -> float:
     return float(np.median(lost))
 
 
-def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable[[], list[list[float]]],
-            head: Callable[[], tuple[float, float]], description: str, repeats: int = 3,
-            probe: Callable[[], None] | None = None, rounds: int = 20) -> Profile | None:
+def measure(
+    comm: Communicator,
+    stage_rows: list[list[int]],
+    calibrate: Callable[[], list[list[float]]],
+    head: Callable[[], tuple[float, float]],
+    description: str,
+    repeats: int = 3,
+    probe: Callable[[], None] | None = None,
+    rounds: int = 20,
+) -> Profile | None:
     """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
     and ``head`` (seconds per feature row; on the classifier also for the rest of the head);
     time ``probe`` started together on every rank for ``rounds`` rounds (the jitter a block
@@ -192,6 +212,15 @@ def measure(comm: Communicator, stage_rows: list[list[int]], calibrate: Callable
             latency[low][high] = latency[high][low] = lat
             bandwidth[low][high] = bandwidth[high][low] = bw
     spread = jitter_s(np.array(probes)) if probe and comm.size > 1 else 0.0
-    return Profile(hosts, stage_rows, stage_s, [row for row, _ in heads], max(rest for _, rest in heads), latency,
-                   bandwidth, memory,
-                   description, spread)
+    return Profile(
+        hosts,
+        stage_rows,
+        stage_s,
+        [row for row, _ in heads],
+        max(rest for _, rest in heads),
+        latency,
+        bandwidth,
+        memory,
+        description,
+        spread,
+    )

@@ -25,21 +25,32 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
     blocks = job.plan.blocks
     for rank, t in enumerate(results.timings):
         batches = max(t["batches"], 1)
-        per_rank.append({"rank": rank, "host": job.profile.hosts[rank] if job.profile else None,
-                         "compute_s": sum(t["compute_s"]) / batches, "halo_s": sum(t["halo_s"]) / batches,
-                         "wait_s": t["wait_s"] / batches, "head_s": t["head_s"] / batches,
-                         "compute_s_per_block": [s / batches for s in t["compute_s"]],
-                         "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
-                         "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
-                         "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks]})
+        per_rank.append(
+            {
+                "rank": rank,
+                "host": job.profile.hosts[rank] if job.profile else None,
+                "compute_s": sum(t["compute_s"]) / batches,
+                "halo_s": sum(t["halo_s"]) / batches,
+                "wait_s": t["wait_s"] / batches,
+                "head_s": t["head_s"] / batches,
+                "compute_s_per_block": [s / batches for s in t["compute_s"]],
+                "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
+                "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
+                "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks],
+            }
+        )
     return {
         "model": job.config.model,
         "world_size": job.plan.world_size,
         "images": int(len(results.indices)),
         "batch_size": job.config.batch_size,
         **accuracy_fields(hits, len(predictions)),
-        "latency_s": {"median": statistics.median(lat), "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
-                      "mean": statistics.fmean(lat), "batches": len(lat)},
+        "latency_s": {
+            "median": statistics.median(lat),
+            "p90": lat[min(len(lat) - 1, int(0.9 * len(lat)))],
+            "mean": statistics.fmean(lat),
+            "batches": len(lat),
+        },
         "latencies_s": results.latencies,
         "predicted_latency_s": job.plan.predicted_latency_s,
         "throughput_img_s": len(results.indices) / results.elapsed_s,
@@ -59,13 +70,20 @@ def print_summary(report: dict, table: str) -> None:
     measured against predicted compute time."""
     lat = report["latency_s"]
     print(table)
-    print(f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
-          f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
-          f"{report['throughput_img_s']:.2f} img/s; accuracy {percent_with_interval(report)}")
-    print(f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms")
+    print(
+        f"{report['images']} images on {report['world_size']} ranks: latency median {1e3 * lat['median']:.1f} ms, "
+        f"p90 {1e3 * lat['p90']:.1f} ms per batch of {report['batch_size']}; "
+        f"{report['throughput_img_s']:.2f} img/s; accuracy {percent_with_interval(report)}"
+    )
+    print(
+        f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms"
+    )
     print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
-        blocks = " ".join(f"{1e3 * m:.1f}/{1e3 * p:.1f}"
-                          for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"]))
-        print(f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
-              f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}")
+        blocks = " ".join(
+            f"{1e3 * m:.1f}/{1e3 * p:.1f}" for m, p in zip(r["compute_s_per_block"], r["predicted_compute_s_per_block"])
+        )
+        print(
+            f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
+            f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}"
+        )

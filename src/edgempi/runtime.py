@@ -51,19 +51,26 @@ class Runtime:
         self.rank = comm.rank
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
-        self.exchanges = [HaloExchange(comm, before.rows, after.needs, index)
-                          for index, (before, after) in enumerate(zip(blocks, blocks[1:]))]
+        self.exchanges = [
+            HaloExchange(comm, before.rows, after.needs, index)
+            for index, (before, after) in enumerate(zip(blocks, blocks[1:]))
+        ]
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
         if self.is_classifier and head is None:
             raise ValueError("the classifier rank needs the head")
-        self.head = share_head(comm, head if self.is_classifier else None, last.rows, plan.classifier_rank,
-                               last.out_channels * last.out_width)
+        self.head = share_head(
+            comm,
+            head if self.is_classifier else None,
+            last.rows,
+            plan.classifier_rank,
+            last.out_channels * last.out_width,
+        )
         self.timings = Timings.empty(len(blocks))
 
     def _map_sums(self, block) -> MapSums:
         """The block's map sums: which rows of each reduced map this rank adds up."""
-        stages, heights = self.stages[block.first:block.end], self.heights[block.first:block.end + 1]
+        stages, heights = self.stages[block.first : block.end], self.heights[block.first : block.end + 1]
         held = [map_sum_points(stages, heights, rows) for rows in block.rows]
         channels = next(([c for _, _, c in points] for points in held if points), [])
         return MapSums(self.comm, map_sum_owners(held)[self.rank], channels)
@@ -90,9 +97,10 @@ class Runtime:
             sums.reset()
             if not is_empty(rows):
                 x = x.contiguous(memory_format=torch.channels_last)
-                stages = self.stages[block.first:block.end]
-                out = run_rows(stages, self.heights[block.first:block.end + 1], x, block.needs[self.rank][0], rows,
-                               sums)
+                stages = self.stages[block.first : block.end]
+                out = run_rows(
+                    stages, self.heights[block.first : block.end + 1], x, block.needs[self.rank][0], rows, sums
+                )
             sums.idle(batch)
             timings.compute_s[index] += time.perf_counter() - start
             if index < len(self.exchanges):

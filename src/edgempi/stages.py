@@ -65,10 +65,23 @@ def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
             shift = shift + conv.bias * scale
         if norm.bias is not None:
             shift = shift + norm.bias
-        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                           conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-        layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
+        folded = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        layout = (
+            torch.channels_last
+            if conv.weight.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
+        )
         folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         folded.weight.data = folded.weight.data.contiguous(memory_format=layout)
         folded.bias.copy_(shift)
@@ -77,8 +90,14 @@ def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _foldable(layer: nn.Module, post: list[nn.Module]) -> bool:
     """A conv followed by a batch norm that uses its running statistics."""
-    return (isinstance(layer, nn.Conv2d) and bool(post) and isinstance(post[0], nn.BatchNorm2d)
-            and not post[0].training and post[0].running_var is not None and not layer.training)
+    return (
+        isinstance(layer, nn.Conv2d)
+        and bool(post)
+        and isinstance(post[0], nn.BatchNorm2d)
+        and not post[0].training
+        and post[0].running_var is not None
+        and not layer.training
+    )
 
 
 class LayerStage:
@@ -123,10 +142,11 @@ class LayerStage:
         """Per map sum met while computing ``out_rows``: (rows held, map height, channels)."""
         return []
 
-    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
-                reduce: Reduce = whole_map_sum) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows, reduce: Reduce = whole_map_sum
+    ) -> torch.Tensor:
         lo, hi = self.rows_needed(out_rows, n_in)
-        x = x[:, :, lo - x_lo:hi - x_lo]
+        x = x[:, :, lo - x_lo : hi - x_lo]
         top, bottom = self.row_window.border_padding(out_rows, n_in)
         if top or bottom:
             x = F.pad(x, (0, 0, top, bottom), value=self.pad_value)
@@ -180,18 +200,20 @@ class AttentionStage:
     def map_sum_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
         return [(out_rows, n_in, self.channels)]
 
-    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
-                reduce: Reduce = whole_map_sum) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows, reduce: Reduce = whole_map_sum
+    ) -> torch.Tensor:
         mean = reduce(x, x_lo) / (n_in * x.shape[-1])
         scale = self.module.channel_scale(mean[:, :, None, None])
-        return x[:, :, out_rows[0] - x_lo:out_rows[1] - x_lo] * scale
+        return x[:, :, out_rows[0] - x_lo : out_rows[1] - x_lo] * scale
 
 
 class ResidualStage:
     """A main path of stages plus a shortcut stage, summed, then pointwise ``post`` modules."""
 
-    def __init__(self, name: str, main: list[Stage], shortcut: LayerStage, post: list[nn.Module],
-                 boundary_after: bool = False):
+    def __init__(
+        self, name: str, main: list[Stage], shortcut: LayerStage, post: list[nn.Module], boundary_after: bool = False
+    ):
         self.name, self.main, self.shortcut, self.post = name, main, shortcut, list(post)
         self.boundary_after = boundary_after
         self.map_sums = sum(stage.map_sums for stage in self.main)
@@ -226,8 +248,9 @@ class ResidualStage:
     def map_sum_points(self, out_rows: Rows, n_in: int) -> list[tuple[Rows, int, int]]:
         return map_sum_points(self.main, self._heights(n_in), out_rows)
 
-    def forward(self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows,
-                reduce: Reduce = whole_map_sum) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x_lo: int, n_in: int, out_rows: Rows, reduce: Reduce = whole_map_sum
+    ) -> torch.Tensor:
         out = run_rows(self.main, self._heights(n_in), x, x_lo, out_rows, reduce)
         return apply_pointwise(self.post, out + self.shortcut.forward(x, x_lo, n_in, out_rows))
 
@@ -259,8 +282,9 @@ def rows_through(stages: list[Stage], heights: list[int], out_rows: Rows) -> lis
     return ranges[::-1]
 
 
-def run_rows(stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int, out_rows: Rows,
-             reduce: Reduce = whole_map_sum) -> torch.Tensor:
+def run_rows(
+    stages: list[Stage], heights: list[int], x: torch.Tensor, x_lo: int, out_rows: Rows, reduce: Reduce = whole_map_sum
+) -> torch.Tensor:
     """Compute the non-empty ``out_rows`` of a run of stages from ``x``, which holds rows ``x_lo...``."""
     ranges = rows_through(stages, heights, out_rows)
     for stage, n_in, rows in zip(stages, heights, ranges[1:]):
@@ -275,8 +299,9 @@ def map_sum_points(stages: list[Stage], heights: list[int], out_rows: Rows) -> l
     if is_empty(out_rows):
         return []
     ranges = rows_through(stages, heights, out_rows)
-    return [point for stage, n_in, rows in zip(stages, heights, ranges[1:])
-            for point in stage.map_sum_points(rows, n_in)]
+    return [
+        point for stage, n_in, rows in zip(stages, heights, ranges[1:]) for point in stage.map_sum_points(rows, n_in)
+    ]
 
 
 def map_sum_owners(held: list[list[tuple[Rows, int, int]]]) -> list[list[Rows]]:

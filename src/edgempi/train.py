@@ -3,9 +3,10 @@
     python -m edgempi.train --config resnet34_compact --data data/neu-cls.h5 --out data/w.pt
 
 Plain PyTorch training (SGD with Nesterov momentum or AdamW, one-cycle learning rate, gradient
-norm clipping, random flips and shifts, bf16 mixed precision), on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is
-written after every epoch and ``--resume`` goes on from it; ``OUT`` holds the weights of the
-epoch with the best validation accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the
+norm clipping, random flips, shifts and contrast, bf16 mixed precision), on a CUDA device when
+there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
+from it; ``OUT`` holds the weights of the epoch with the best validation accuracy, ``OUT.json``
+the history. Under ``mpirun -np N`` the
 ranks train data-parallel (gradients averaged).
 """
 
@@ -24,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .launcher import launcher_size
 from .config import load_config
 from .data import ImageSet
 from .errors import EdgempiError, exit_status
 from .files import atomic_path
+from .launcher import launcher_size
 from .models import build_model
 
 
@@ -64,7 +65,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 0, co
     height, width = images.shape[-2:]
     padded = F.pad(images.float(), (shift,) * 4, mode="reflect").to(images.dtype)
     offsets = torch.randint(0, 2 * shift + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
 
 
 def evaluate_split(model, images, labels, preprocess, device, batch_size: int) -> tuple[float, float]:
@@ -73,8 +74,8 @@ def evaluate_split(model, images, labels, preprocess, device, batch_size: int) -
     loss, correct = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = preprocess(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
-            y = labels[start:start + batch_size].to(device)
+            x = preprocess(images[start : start + batch_size]).to(device, memory_format=torch.channels_last)
+            y = labels[start : start + batch_size].to(device)
             logits = model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -120,13 +121,16 @@ def train(args, comm=None) -> dict:
     data = ImageSet(config.data, config.in_channels, config.mean, config.std)
     train_x, train_y = load_split(data, "train", args.limit)
     val_x, val_y = load_split(data, "val", args.limit)
-    model = build_model(config.model, config.in_channels, config.num_classes, config.seed,
-                        reduction=config.reduction).to(device, memory_format=torch.channels_last)
+    model = build_model(
+        config.model, config.in_channels, config.num_classes, config.seed, reduction=config.reduction
+    ).to(device, memory_format=torch.channels_last)
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location=device))
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = -(-len(train_x) // args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, optimizer.defaults["lr"], total_steps=args.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, optimizer.defaults["lr"], total_steps=args.epochs * steps_per_epoch
+    )
     out, ckpt = Path(args.out), Path(f"{args.out}.ckpt")
     history, best, epoch0 = [], None, 0
     generator = torch.Generator().manual_seed(config.seed)
@@ -145,16 +149,20 @@ def train(args, comm=None) -> dict:
         broadcast_parameters(comm, model)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     if rank == 0:
-        print(f"training {config.model} on {len(train_x)} images ({size} rank(s), {where}); "
-              f"{len(val_x)} for validation", file=sys.stderr)
+        print(
+            f"training {config.model} on {len(train_x)} images ({size} rank(s), {where}); {len(val_x)} for validation",
+            file=sys.stderr,
+        )
     for epoch in range(epoch0, args.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
         losses, start = [], time.perf_counter()
         batches = range(0, len(order), args.batch_size)
         for first in tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False):
-            pick = order[first:first + args.batch_size][rank::size]
-            x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift, args.contrast)).to(device, memory_format=torch.channels_last)
+            pick = order[first : first + args.batch_size][rank::size]
+            x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift, args.contrast)).to(
+                device, memory_format=torch.channels_last
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 loss = F.cross_entropy(model(x), train_y[pick].to(device))
             optimizer.zero_grad(set_to_none=False)
@@ -167,8 +175,13 @@ def train(args, comm=None) -> dict:
             schedule.step()
             losses.append(loss.item())
         val_loss, val_acc = evaluate_split(model, val_x, val_y, data.preprocess, device, args.batch_size)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                  "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "seconds": time.perf_counter() - start,
+        }
         history.append(record)
         improved = best is None or (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
         if improved:
@@ -176,16 +189,42 @@ def train(args, comm=None) -> dict:
         if rank == 0:
             if improved:
                 save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, out)
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                         "history": history, "best": best, "epoch": epoch + 1}, ckpt)
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                  f"val accuracy {100 * val_acc:.2f}%{' (best)' if improved else ''}, {record['seconds']:.0f} s",
-                  file=sys.stderr)
-    summary = {"model": config.model, "reduction": config.reduction, "data": config.data, "trained_on": where,
-               "ranks": size, "seed": config.seed, "precision": args.precision, "epochs": args.epochs, "batch_size": args.batch_size,
-               "init": args.init, "optimizer": args.optimizer, "shift": args.shift, "contrast": args.contrast, "lr": optimizer.defaults["lr"], "clip_grad": args.clip_grad,
-               "best": best, "history": history}
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "best": best,
+                    "epoch": epoch + 1,
+                },
+                ckpt,
+            )
+            print(
+                f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                f"val accuracy {100 * val_acc:.2f}%{' (best)' if improved else ''}, {record['seconds']:.0f} s",
+                file=sys.stderr,
+            )
+    summary = {
+        "model": config.model,
+        "reduction": config.reduction,
+        "data": config.data,
+        "trained_on": where,
+        "ranks": size,
+        "seed": config.seed,
+        "precision": args.precision,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "init": args.init,
+        "optimizer": args.optimizer,
+        "shift": args.shift,
+        "contrast": args.contrast,
+        "lr": optimizer.defaults["lr"],
+        "clip_grad": args.clip_grad,
+        "best": best,
+        "history": history,
+    }
     if rank == 0:
         with atomic_path(f"{args.out}.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
@@ -202,20 +241,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="sgd")
-    parser.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule "
-                        f"(default: {', '.join(f'{k} {v:g}' for k, v in sorted(DEFAULT_LR.items()))})")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate of the one-cycle schedule "
+        f"(default: {', '.join(f'{k} {v:g}' for k, v in sorted(DEFAULT_LR.items()))})",
+    )
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--clip-grad", type=float, default=5.0, help="largest gradient norm per step (0: no clipping)")
     parser.add_argument("--shift", type=int, default=0, help="random translations of up to this many pixels")
-    parser.add_argument("--contrast", type=float, default=0.0,
-                        help="random contrast: deviations from each image's mean scaled by 1 +- this (0: off)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16: mixed precision (autocast; weights and evaluation stay float32)")
-    parser.add_argument("--seed", type=int, help="seeds initialisation, shuffling and augmentation "
-                        "(default: the config's seed)")
+    parser.add_argument(
+        "--contrast",
+        type=float,
+        default=0.0,
+        help="random contrast: deviations from each image's mean scaled by 1 +- this (0: off)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="bf16: mixed precision (autocast; weights and evaluation stay float32)",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seeds initialisation, shuffling and augmentation (default: the config's seed)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
-    parser.add_argument("--init", help="start from these weights (a state_dict, e.g. an earlier OUT) with a new schedule")
+    parser.add_argument(
+        "--init", help="start from these weights (a state_dict, e.g. an earlier OUT) with a new schedule"
+    )
     parser.add_argument("--resume", action="store_true", help="go on from OUT.ckpt")
     args = parser.parse_args(argv)
     comm = None

@@ -28,10 +28,14 @@ def test_measure_times_every_rank_and_every_link(comm):
             == ([0.003 * (1 + r) for r in range(n)], 0.001),
             "latency symmetric, positive off the diagonal": all(
                 profile.latency_s[i][j] == profile.latency_s[j][i] and (i == j) == (profile.latency_s[i][j] == 0)
-                for i in range(n) for j in range(n)),
-            "bandwidth for every pair": all((profile.bandwidth_Bps[i][j] is None) == (i == j)
-                                            and (i == j or profile.bandwidth_Bps[i][j] > 0)
-                                            for i in range(n) for j in range(n)),
+                for i in range(n)
+                for j in range(n)
+            ),
+            "bandwidth for every pair": all(
+                (profile.bandwidth_Bps[i][j] is None) == (i == j) and (i == j or profile.bandwidth_Bps[i][j] > 0)
+                for i in range(n)
+                for j in range(n)
+            ),
             "a cost model for every rank": profile.cost_model().ranks == n,
         }
         verdict = [name for name, ok in checks.items() if not ok]

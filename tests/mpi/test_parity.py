@@ -64,8 +64,18 @@ def test_distributed_logits_equal_plain_torch(name, size, case):
 @pytest.mark.parametrize("name", ["vgg16", "resnet34"])
 def test_every_strategy_and_fusion_keeps_the_answer(name, size, strategy, fusion):
     """On a slow-linked heterogeneous cluster, so that plans differ (idle ranks, odd blocks)."""
-    check_parity(name, size, [1, 0.3, 2, 0.6], 1, (64, 48), strategy, fusion, 0,
-                 bandwidth_Bps=[2e6, 1e6, 2e6, 5e5][:size], latency_s=[1e-3] * size)
+    check_parity(
+        name,
+        size,
+        [1, 0.3, 2, 0.6],
+        1,
+        (64, 48),
+        strategy,
+        fusion,
+        0,
+        bandwidth_Bps=[2e6, 1e6, 2e6, 5e5][:size],
+        latency_s=[1e-3] * size,
+    )
 
 
 class StripSums:
@@ -97,10 +107,10 @@ def test_compact_attention_adds_up_every_rank_partial_sums(name):
         rows = plan.blocks[0].needs[comm.rank]
         runtime = runtime_for(comm, model, plan)
         with torch.inference_mode():
-            logits = runtime.forward(x[:, :, rows[0]:rows[1]], 1)
+            logits = runtime.forward(x[:, :, rows[0] : rows[1]], 1)
             assert sum(sums.calls for sums in runtime.map_sums) == attentions > 0
             runtime.map_sums = [StripSums() for _ in runtime.map_sums]
-            per_strip = runtime.forward(x[:, :, rows[0]:rows[1]], 1)
+            per_strip = runtime.forward(x[:, :, rows[0] : rows[1]], 1)
             if comm.rank == plan.classifier_rank:
                 noise = float_noise(model, x)
                 assert_parity(logits, model(x), noise)
@@ -114,13 +124,14 @@ def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier,
     model = realistic_model(name)
 
     def work(comm):
-        plan = plan_for(name, model, (1, height, width), speeds[:size], strategy, fusion,
-                        classifier % size, batch, **cluster)
+        plan = plan_for(
+            name, model, (1, height, width), speeds[:size], strategy, fusion, classifier % size, batch, **cluster
+        )
         x = images(batch, height, width, seed=size)
         rows = plan.blocks[0].needs[comm.rank]
         runtime = runtime_for(comm, model, plan)
         with torch.inference_mode():
-            logits = runtime.forward(None if is_empty(rows) else x[:, :, rows[0]:rows[1]], batch)
+            logits = runtime.forward(None if is_empty(rows) else x[:, :, rows[0] : rows[1]], batch)
             if comm.rank == plan.classifier_rank:
                 assert_parity(logits, model(x), float_noise(model, x))
             else:

@@ -9,8 +9,9 @@ from ..head import HeadRows
 from .communicator import Communicator, Tag
 
 
-def share_head(comm: Communicator, head: HeadRows | None, rows: list[Rows], classifier: int,
-               row_columns: int) -> HeadRows:
+def share_head(
+    comm: Communicator, head: HeadRows | None, rows: list[Rows], classifier: int, row_columns: int
+) -> HeadRows:
     """This rank's share of the head for its last-block rows ``rows[rank]``. The classifier
     rank built the whole ``head`` (None elsewhere) and sends every other rank its columns, once
     per plan; it keeps its own columns, the bias and the rest of the head.
@@ -22,7 +23,7 @@ def share_head(comm: Communicator, head: HeadRows | None, rows: list[Rows], clas
 
     def columns_of(rank: int) -> torch.Tensor:
         lo, hi = rows[rank]
-        return head.columns[:, lo * row_columns:hi * row_columns].contiguous()
+        return head.columns[:, lo * row_columns : hi * row_columns].contiguous()
 
     if comm.rank == classifier:
         pieces = {r: columns_of(r) for r in range(comm.size) if r != classifier and not is_empty(rows[r])}

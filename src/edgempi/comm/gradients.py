@@ -18,7 +18,7 @@ def average_gradients(comm: Communicator, model: torch.nn.Module) -> None:
     flat /= comm.size
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 

@@ -43,10 +43,9 @@ class HaloExchange:
         Collective over the ranks that share rows: every rank of ``comm`` calls it.
         """
         send_bufs, recv_bufs = self._buffers_for(shape)
-        requests = [self.comm.irecv(as_buffer(buf), p, self.tag)
-                    for (p, _), buf in zip(self.recvs, recv_bufs)]
+        requests = [self.comm.irecv(as_buffer(buf), p, self.tag) for (p, _), buf in zip(self.recvs, recv_bufs)]
         for (p, (lo, hi)), buf in zip(self.sends, send_bufs):
-            buf.copy_(strip[:, :, lo - self.owned[0]:hi - self.owned[0]])
+            buf.copy_(strip[:, :, lo - self.owned[0] : hi - self.owned[0]])
             requests.append(self.comm.isend(as_buffer(buf), p, self.tag))
         self.comm.wait_all(requests)
         if is_empty(self.needed):
@@ -54,6 +53,6 @@ class HaloExchange:
         pieces = [(rows[0], buf) for (_, rows), buf in zip(self.recvs, recv_bufs)]
         if not is_empty(self.local):
             lo, hi = self.local
-            pieces.append((lo, strip[:, :, lo - self.owned[0]:hi - self.owned[0]]))
+            pieces.append((lo, strip[:, :, lo - self.owned[0] : hi - self.owned[0]]))
         pieces.sort(key=lambda piece: piece[0])
         return pieces[0][1] if len(pieces) == 1 else torch.cat([p for _, p in pieces], dim=2)

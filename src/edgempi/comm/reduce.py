@@ -22,12 +22,12 @@ class MapSums:
 
     def __call__(self, x: torch.Tensor, x_lo: int) -> torch.Tensor:
         lo, hi = self.owned[self.calls]
-        local = x[:, :, lo - x_lo:hi - x_lo].sum(dim=(2, 3))
+        local = x[:, :, lo - x_lo : hi - x_lo].sum(dim=(2, 3))
         return self._add_up(local)
 
     def idle(self, batch: int) -> None:
         """Take part in every map sum of the block with nothing to add."""
-        for channels in self.channels[self.calls:]:
+        for channels in self.channels[self.calls :]:
             self._add_up(torch.zeros(batch, channels))
 
     def reset(self) -> None:

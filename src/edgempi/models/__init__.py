@@ -13,16 +13,21 @@ from .compact import DEFAULT_REDUCTION, CompactConv, SqueezeExcitation
 from .resnet import LAYERS, ResNet, init_resnet_, resnet
 from .vgg import CONFIGS, VGG, init_vgg_, vgg
 
-MODEL_NAMES = sorted([*CONFIGS, *(f"{n}_bn" for n in CONFIGS), *LAYERS,
-                      *(f"{n}_compact" for n in [*CONFIGS, *LAYERS])])
+MODEL_NAMES = sorted([*CONFIGS, *(f"{n}_bn" for n in CONFIGS), *LAYERS, *(f"{n}_compact" for n in [*CONFIGS, *LAYERS])])
 
 
 class ModelError(EdgempiError):
     """A model name or checkpoint that cannot be used."""
 
 
-def build_model(name: str, in_channels: int = 1, num_classes: int = 6, seed: int = 0,
-                with_head: bool = True, reduction: int = DEFAULT_REDUCTION) -> nn.Module:
+def build_model(
+    name: str,
+    in_channels: int = 1,
+    num_classes: int = 6,
+    seed: int = 0,
+    with_head: bool = True,
+    reduction: int = DEFAULT_REDUCTION,
+) -> nn.Module:
     """Build ``name`` in eval mode with weights drawn from ``seed`` (``reduction``: the channel
     reduction ratio of a compact variant).
 
@@ -65,10 +70,19 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise ModelError(f"weights '{path}' lack {len(missing)} tensors of the model, e.g. '{missing[0]}'")
     for key, tensor in wanted.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
-            raise ModelError(f"weights '{path}': '{key}' has shape {tuple(tensor.shape)}, "
-                             f"the model needs {tuple(own[key].shape)}")
+            raise ModelError(
+                f"weights '{path}': '{key}' has shape {tuple(tensor.shape)}, the model needs {tuple(own[key].shape)}"
+            )
     model.load_state_dict(wanted, strict=True)
 
 
-__all__ = ["MODEL_NAMES", "CompactConv", "ModelError", "ResNet", "SqueezeExcitation", "VGG", "build_model",
-           "load_weights"]
+__all__ = [
+    "MODEL_NAMES",
+    "CompactConv",
+    "ModelError",
+    "ResNet",
+    "SqueezeExcitation",
+    "VGG",
+    "build_model",
+    "load_weights",
+]

@@ -35,8 +35,14 @@ class CompactConv(nn.Module):
     attention, and a 1x1 expansion; batch norm and ReLU follow the first two convolutions. With
     ``residual`` (same channels, stride 1) the input is added to the expansion's output."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = DEFAULT_REDUCTION,
-                 residual: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        reduction: int = DEFAULT_REDUCTION,
+        residual: bool = False,
+    ):
         super().__init__()
         if residual and (in_channels != out_channels or stride != 1):
             raise ValueError("a residual CompactConv keeps its channels and stride 1")
@@ -53,10 +59,12 @@ class CompactConv(nn.Module):
     def stages(self, name: str, post: list[nn.Module]) -> list[Stage]:
         """Its four stages (``post`` after the last) or, with ``residual``, one ``ResidualStage``
         of those four (``post`` after the sum)."""
-        main = [LayerStage(f"{name}.reduce", self.reduce, [self.reduce_bn, self.relu]),
-                LayerStage(f"{name}.conv", self.conv, [self.conv_bn, self.relu]),
-                AttentionStage(f"{name}.attention", self.attention),
-                LayerStage(f"{name}.expand", self.expand, [] if self.residual else post)]
+        main = [
+            LayerStage(f"{name}.reduce", self.reduce, [self.reduce_bn, self.relu]),
+            LayerStage(f"{name}.conv", self.conv, [self.conv_bn, self.relu]),
+            AttentionStage(f"{name}.attention", self.attention),
+            LayerStage(f"{name}.expand", self.expand, [] if self.residual else post),
+        ]
         if not self.residual:
             return main
         return [ResidualStage(name, main, LayerStage(f"{name}.shortcut", nn.Identity()), post)]

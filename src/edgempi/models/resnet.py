@@ -29,7 +29,8 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +44,9 @@ def basic_block_stage(name: str, basic: BasicBlock) -> ResidualStage:
     """Two 3x3 convs (or two compact units) plus an identity or 1x1 downsample shortcut, ReLU
     after the sum; a fusion boundary follows it (a basic block's halo grows by two rows per
     3x3 conv, so fusing whole residual layers would recompute most of a late map)."""
-    main = (unit_stages(f"{name}.conv1", basic.conv1, [basic.bn1, basic.relu])
-            + unit_stages(f"{name}.conv2", basic.conv2, [basic.bn2]))
+    main = unit_stages(f"{name}.conv1", basic.conv1, [basic.bn1, basic.relu]) + unit_stages(
+        f"{name}.conv2", basic.conv2, [basic.bn2]
+    )
     down = basic.downsample
     shortcut = LayerStage(f"{name}.downsample", *((down[0], [down[1]]) if down else (nn.Identity(),)))
     return ResidualStage(name, main, shortcut, [basic.relu], boundary_after=True)
@@ -55,8 +57,14 @@ class ResNet(nn.Module):
 
     head_prefixes = ("fc.",)
 
-    def __init__(self, layers: list[int], in_channels: int, num_classes: int, with_head: bool = True,
-                 reduction: int | None = None):
+    def __init__(
+        self,
+        layers: list[int],
+        in_channels: int,
+        num_classes: int,
+        with_head: bool = True,
+        reduction: int | None = None,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -86,8 +94,10 @@ class ResNet(nn.Module):
 
     def stages(self) -> list[Stage]:
         """The trunk as stages: the stem, the pool (a fusion boundary), every basic block."""
-        stages = [LayerStage("conv1", self.conv1, [self.bn1, self.relu]),
-                  LayerStage("maxpool", self.maxpool, boundary_after=True)]
+        stages = [
+            LayerStage("conv1", self.conv1, [self.bn1, self.relu]),
+            LayerStage("maxpool", self.maxpool, boundary_after=True),
+        ]
         for k in range(1, 5):
             layer = getattr(self, f"layer{k}")
             stages += [basic_block_stage(f"layer{k}.{j}", block) for j, block in enumerate(layer)]
@@ -100,7 +110,7 @@ class ResNet(nn.Module):
 
 def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Generator) -> None:
     """torchvision's initialisation, drawn from explicit generators (trunk and head apart)."""
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=trunk_gen)
             if m.bias is not None:
