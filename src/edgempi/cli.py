@@ -36,7 +36,7 @@ class JobParser(argparse.ArgumentParser):
 def job_parser(prog: str, description: str) -> JobParser:
     """The options every distributed job takes (infer, evaluate)."""
     p = JobParser(prog=prog, description=description)
-    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--config", help="a YAML config file, or a packaged config by name (vgg16, resnet34_compact, ...)")
     p.add_argument("--data", help="HDF5 file of images (python -m edgempi.data)")
     p.add_argument("--weights", help="state_dict file; default: weights drawn from the config's seed")
     p.add_argument("--batch-size", type=int)
