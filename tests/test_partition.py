@@ -12,7 +12,7 @@ from edgempi.costmodel import StripCosts, Trunk, model_from_speeds
 from edgempi.geometry import intersect, is_empty
 from edgempi.models import build_model
 from edgempi.partition import PARTITIONERS, Infeasible, split_rows
-from edgempi.planner import Plan, PlanError, Planner, make_plan, named_blocks
+from edgempi.planner import Plan, PlanError, Planner, make_plan, named_blocks, partition_overheads
 
 
 @given(n=st.integers(0, 500), weights=st.lists(st.floats(0, 100), min_size=1, max_size=64))
@@ -266,3 +266,23 @@ def test_equal_ignores_speeds_and_proportional_follows_them():
     assert equal.blocks[0].rows == [(0, 50), (50, 100)]
     weighted = plan_for("vgg16", MODELS["vgg16"], (1, 200, 200), [1.0, 9.0], "proportional", "pool")
     assert weighted.blocks[0].rows[0][1] in range(8, 13)
+
+
+def test_overheads_count_halo_bytes_and_recomputed_rows():
+    image, trunk = (1, 64, 48), TRUNKS["vgg11"]
+    per_layer = plan_for("vgg11", MODELS["vgg11"], image, [1.0, 1.0], "equal", "none")
+    fused = plan_for("vgg11", MODELS["vgg11"], image, [1.0, 1.0], "equal", "fixed:2")
+    exchanged, recomputed = partition_overheads(per_layer, trunk, 2), partition_overheads(fused, trunk, 2)
+    for plan, overheads in ((per_layer, exchanged), (fused, recomputed)):
+        assert overheads[0]["halo_bytes_received"] == [0, 0]  # the first block reads its rows from the file
+        for block, before, spent in zip(plan.blocks[1:], plan.blocks, overheads[1:]):
+            row_bytes = trunk.row_bytes(block.first, 2)
+            halo = [
+                (need[1] - need[0] - max(0, min(need[1], rows[1]) - max(need[0], rows[0]))) * row_bytes
+                for need, rows in zip(block.needs, before.rows)
+            ]
+            assert spent["halo_bytes_received"] == halo
+            assert sum(spent["halo_bytes_sent"]) == sum(halo)
+    assert any(sum(o["halo_bytes_received"]) > 0 for o in exchanged)
+    assert all(o["rows_computed_twice"] == [0, 0] for o in exchanged)  # one stage a block: no inner map
+    assert all(rows > 0 for rows in recomputed[0]["rows_computed_twice"])  # both sides recompute the seam

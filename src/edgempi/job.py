@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .calibration import profile_job
 from .comm import Communicator, Tag, collectively
 from .config import Config
+from .costmodel import Trunk
 from .data import ImageSet
 from .geometry import is_empty
 from .head import classifier_head
@@ -33,6 +34,7 @@ class Job:
     data: ImageSet
     model: torch.nn.Module
     plan: Plan
+    trunk: Trunk  # the trunk's row geometry for this image
     profile: Profile | None  # on rank 0
     runtime: Runtime
 
@@ -72,7 +74,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
         ).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, profile, Runtime(comm, stages, plan, head))
+    return Job(config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head))
 
 
 @dataclass

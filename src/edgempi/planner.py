@@ -342,3 +342,41 @@ def make_plan(
     if fusion != "dp":
         named_blocks(trunk, fusion)  # reject a bad name before any work
     return Planner(trunk, costs, strategy, classifier_rank, batch, min_rows).plan(model_name, fusion)
+
+
+def _overlap(a: Rows, b: Rows) -> int:
+    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _rows_computed_twice(ranges: list[Rows], height: int) -> list[int]:
+    """Per rank, how many of the rows it computes of one map some other rank computes too."""
+    computing = np.zeros(height + 1, dtype=int)
+    for lo, hi in ranges:
+        computing[lo:hi] += 1
+    return [int((computing[lo:hi] > 1).sum()) for lo, hi in ranges]
+
+
+def partition_overheads(plan: Plan, trunk: Trunk, batch: int) -> list[dict]:
+    """What partitioning costs, per block and rank: the halo bytes received and sent before the
+    block (rows read that another rank computed in the block before), and the rows of the
+    block's inner maps computed twice (rows another rank computes too: fused blocks recompute
+    the overlap of their strips instead of exchanging it)."""
+    overheads, before = [], None
+    for block in plan.blocks:
+        lows, highs = trunk.chain(block.first, block.end)
+        twice = np.zeros(len(block.rows), dtype=int)
+        for level in range(1, block.end - block.first):  # the inner maps; the last is the strips
+            ranges = [(int(lows[level][lo]), int(highs[level][hi - 1])) if hi > lo else (0, 0) for lo, hi in block.rows]
+            twice += _rows_computed_twice(ranges, trunk.shapes[block.first + level][1])
+        row_bytes = trunk.row_bytes(block.first, batch)
+        received, sent = [0] * len(block.rows), [0] * len(block.rows)
+        for reader, need in enumerate(block.needs if before else []):
+            for owner, owned in enumerate(before.rows):
+                halo = _overlap(need, owned) * row_bytes if owner != reader else 0
+                received[reader] += halo
+                sent[owner] += halo
+        overheads.append(
+            {"halo_bytes_received": received, "halo_bytes_sent": sent, "rows_computed_twice": twice.tolist()}
+        )
+        before = block
+    return overheads

@@ -11,9 +11,13 @@ import numpy as np
 
 from .files import atomic_path
 from .metrics import accuracy_fields, percent_with_interval
+from .planner import partition_overheads
 
 if TYPE_CHECKING:  # the entry points import this module before MPI starts
     from .job import Job, Results
+
+
+OVERHEADS = ("halo_bytes_received", "halo_bytes_sent", "rows_computed_twice")  # per batch, from the plan
 
 
 def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
@@ -23,6 +27,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
     lat = sorted(results.latencies)
     per_rank = []
     blocks = job.plan.blocks
+    overheads = partition_overheads(job.plan, job.trunk, job.config.batch_size)
     for rank, t in enumerate(results.timings):
         batches = max(t["batches"], 1)
         per_rank.append(
@@ -37,6 +42,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
                 "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
                 "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
                 "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks],
+                **{f"{name}_per_block": [o[name][rank] for o in overheads] for name in OVERHEADS},
             }
         )
     return {
@@ -87,3 +93,10 @@ def print_summary(report: dict, table: str) -> None:
             f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
             f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}"
         )
+    print("rank  per block: halo kB received/sent, rows computed twice (what partitioning costs)")
+    for r in report["ranks"]:
+        blocks = " ".join(
+            f"{received / 1e3:.0f}/{sent / 1e3:.0f},{twice}"
+            for received, sent, twice in zip(*(r[f"{name}_per_block"] for name in OVERHEADS))
+        )
+        print(f"{r['rank']:>4}  {blocks}")
