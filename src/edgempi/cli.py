@@ -1,9 +1,9 @@
 """The command line of the distributed jobs (``python -m edgempi.infer``, ``edgempi.evaluate``).
 
 The command line is read before MPI starts, so ``--help`` works where there is no MPI at all.
-Every rank reads the same command line and reaches the same verdict without talking: help and
-a bad option are printed by rank 0 alone, as the launcher numbered it. ``edgempi.comm`` (and so
-mpi4py) is imported only once the command line is good.
+Every rank reads the same command line and reaches the same verdict: help is printed by rank 0
+alone, as the launcher numbered it, and a bad option by rank 0 once the ranks agreed through MPI
+(without a launcher, at once). ``edgempi.comm`` (and so mpi4py) is imported only after parsing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, load_config
-from .launcher import launcher_rank
+from .launcher import launcher_rank, launcher_size
 
 if TYPE_CHECKING:
     from .comm import Communicator
@@ -79,19 +79,28 @@ def run_job(
     config, run ``body(comm, args, config)`` (collective over ``comm``); the exit status.
 
     Bad input ends every rank with status 2 and one line from rank 0; an unexpected failure
-    prints its traceback on its rank and aborts all ranks (no hang).
+    prints its traceback on its rank and aborts all ranks (no hang). A bad option of a job of
+    several ranks still starts MPI: a rank that exited at once could have the launcher kill
+    rank 0 before it printed the error; MPI's finalize waits for every rank.
     """
     try:
-        args = parser.parse_args(argv)
+        args, bad_option = parser.parse_args(argv), None
     except SystemExit as exc:  # --help
         return exc.code or 0
     except ConfigError as exc:
-        return _fail(str(exc), launcher_rank())
-    from .comm import JobError, collectively, world  # MPI starts here, once the command line is good
+        if launcher_size() == 1:
+            return _fail(str(exc), 0)
+        args, bad_option = None, exc
+    from .comm import JobError, collectively, world  # MPI starts here
+
+    def config() -> Config:
+        if bad_option is not None:
+            raise bad_option
+        return job_config(args)
 
     comm = world()
     try:
-        body(comm, args, collectively(comm, lambda: job_config(args)))
+        body(comm, args, collectively(comm, config))
     except JobError as exc:
         return _fail(str(exc), comm.rank)
     except BaseException:
