@@ -6,6 +6,7 @@ from helpers import assert_parity, float_noise
 from torch import nn
 
 from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
+from edgempi.models.resnet import zero_init_residual_
 from edgempi.stages import ResidualStage, stage_heights
 
 
@@ -149,3 +150,13 @@ def test_summary_cli_lists_every_model(capsys):
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
     assert all(f"\n{name} " in out for name in MODEL_NAMES)
+
+
+def test_zero_init_residual_makes_every_basic_block_start_as_its_shortcut():
+    model = build_model("resnet18_compact", seed=0)
+    assert zero_init_residual_(model) == 8  # 2 basic blocks in each of 4 layers
+    block = model.layer1[0]
+    x = torch.randn(2, 64, 12, 12)
+    with torch.inference_mode():
+        assert torch.equal(block(x), torch.relu(x))  # the branch adds exactly zero
+    assert zero_init_residual_(build_model("vgg11")) == 0

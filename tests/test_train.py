@@ -51,6 +51,7 @@ def one_epoch_args(tmp_path, optimizer: str = "sgd", lr: float | None = 0.01, pr
         init=None,
         limit=None,
         resume=False,
+        zero_init_residual=True,
     )
 
 

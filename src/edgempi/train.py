@@ -31,6 +31,7 @@ from .errors import EdgempiError, exit_status
 from .files import atomic_path
 from .launcher import launcher_size
 from .models import build_model
+from .models.resnet import zero_init_residual_
 
 
 class TrainError(EdgempiError):
@@ -126,6 +127,8 @@ def train(args, comm=None) -> dict:
     ).to(device, memory_format=torch.channels_last)
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location=device))
+    elif args.zero_init_residual:  # (a resumed run loads its weights below)
+        zero_init_residual_(model)
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = -(-len(train_x) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -217,6 +220,7 @@ def train(args, comm=None) -> dict:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "init": args.init,
+        "zero_init_residual": bool(args.zero_init_residual and not args.init),
         "optimizer": args.optimizer,
         "shift": args.shift,
         "contrast": args.contrast,
@@ -255,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="random contrast: deviations from each image's mean scaled by 1 +- this (0: off)",
+    )
+    parser.add_argument(
+        "--zero-init-residual",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start every ResNet basic block's last batch norm at zero (default; at torchvision's "
+        "initialisation ResNet-34-compact's gradient norm is 16,890, ResNet-34's 30)",
     )
     parser.add_argument(
         "--precision",

@@ -124,6 +124,16 @@ def init_resnet_(model: ResNet, trunk_gen: torch.Generator, head_gen: torch.Gene
         nn.init.uniform_(model.fc.bias, -bound, bound, generator=head_gen)
 
 
+def zero_init_residual_(model: nn.Module) -> int:
+    """torchvision's ``zero_init_residual`` for training from scratch: every basic block's last
+    batch norm starts at zero, so each block starts as its shortcut. Returns how many blocks it set
+    (0 for a model without basic blocks)."""
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    for block in blocks:
+        nn.init.zeros_(block.bn2.weight)
+    return len(blocks)
+
+
 def resnet(name: str, in_channels: int, num_classes: int, with_head: bool = True, reduction: int = 4) -> ResNet:
     base, _, variant = name.partition("_")
     return ResNet(LAYERS[base], in_channels, num_classes, with_head, reduction if variant == "compact" else None)
