@@ -133,8 +133,8 @@ def test_cpu_quotas_are_in_force(cluster, tmp_path):
 
 
 def test_devices_run_at_their_speed_alone_and_together(cluster):
-    # Five rounds, medians: with three, one round disturbed by the host's other work moved a 0.4-core
-    # device to 0.52 in one fresh-clone run (it passed alone, twice, right after).
+    # Five rounds, medians, as `emulate check` does: with three, a 0.4-core device measured 0.52 in one
+    # fresh-clone run of the whole suite (alone, twice right after, it passed).
     speeds = measure([d.speed * cluster.core_per_speed for d in cluster.devices], emulate.in_device, rounds=5)
     for s in speeds:
         assert s.worst_error() < 0.15, speeds
