@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .geometry import Rows, Window, is_empty, union
 
@@ -53,41 +54,6 @@ def apply_pointwise(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """``conv`` then ``norm`` (running statistics, as in eval mode) as one convolution:
-    the weights scaled by ``gamma / sqrt(var + eps)``, the bias shifted to match."""
-    with torch.no_grad():
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        folded = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            bias=True,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        layout = (
-            torch.channels_last
-            if conv.weight.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        folded.weight.data = folded.weight.data.contiguous(memory_format=layout)
-        folded.bias.copy_(shift)
-    return folded.eval()
-
-
 def _foldable(layer: nn.Module, post: list[nn.Module]) -> bool:
     """A conv followed by a batch norm that uses its running statistics."""
     return (
@@ -113,7 +79,7 @@ class LayerStage:
     def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
         post = list(post)
         if _foldable(layer, post):
-            layer, post = fold_batch_norm(layer, post[0]), post[1:]
+            layer, post = fuse_conv_bn_eval(layer, post[0]), post[1:]
         self.name, self.layer, self.post = name, layer, post
         self.boundary_after = boundary_after
         self.row_window, self.col_window = _windows(layer)
