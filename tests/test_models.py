@@ -71,6 +71,27 @@ def test_trunk_stages_reproduce_the_trunk(name):
         assert_parity(out, model.trunk(x), float_noise(model.trunk, x))  # batch norms folded: rounding moves
 
 
+def _layer_stages(stages):
+    for stage in stages:
+        if isinstance(stage, ResidualStage):
+            yield from _layer_stages([*stage.main, stage.shortcut])
+        elif hasattr(stage, "layer"):
+            yield stage
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_batch_norm_after_a_convolution_is_folded_into_it(name):
+    """In eval mode no stage keeps a convolution followed by its batch norm (built with the
+    VGG's post modules after the stage, a ``_bn`` or ``_compact`` VGG once kept them all)."""
+    model = build_model(name)
+    kept = [
+        s.name
+        for s in _layer_stages(model.stages())
+        if isinstance(s.layer, nn.Conv2d) and s.post and isinstance(s.post[0], nn.BatchNorm2d)
+    ]
+    assert kept == []
+
+
 def test_load_weights_round_trip_and_errors(tmp_path):
     source = build_model("resnet18", seed=5)
     path = tmp_path / "w.pt"

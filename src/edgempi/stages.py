@@ -114,17 +114,20 @@ class LayerStage:
         lo, hi = self.rows_needed(out_rows, n_in)
         x = x[:, :, lo - x_lo : hi - x_lo]
         top, bottom = self.row_window.border_padding(out_rows, n_in)
-        if top or bottom:
+        native = top == bottom and isinstance(self.layer, (nn.Conv2d, nn.MaxPool2d))
+        if (top or bottom) and not native:
             x = F.pad(x, (0, 0, top, bottom), value=self.pad_value)
-        return apply_pointwise(self.post, self._apply(x, out_rows, n_in))
+        return apply_pointwise(self.post, self._apply(x, out_rows, n_in, top if native else 0))
 
-    def _apply(self, x: torch.Tensor, out_rows: Rows, n_in: int) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, out_rows: Rows, n_in: int, row_padding: int) -> torch.Tensor:
+        """The layer on rows ``x`` (padded above and below by ``row_padding`` rows more, which
+        a convolution or max pool adds itself without a copy of ``x``)."""
         layer, r, c = self.layer, self.row_window, self.col_window
         kernel, stride, dilation = (r.kernel, c.kernel), (r.stride, c.stride), (r.dilation, c.dilation)
         if isinstance(layer, nn.Conv2d):
-            return F.conv2d(x, layer.weight, layer.bias, stride, (0, c.padding), dilation, layer.groups)
+            return F.conv2d(x, layer.weight, layer.bias, stride, (row_padding, c.padding), dilation, layer.groups)
         if isinstance(layer, nn.MaxPool2d):
-            return F.max_pool2d(x, kernel, stride, (0, c.padding), dilation, ceil_mode=r.ceil_mode)
+            return F.max_pool2d(x, kernel, stride, (row_padding, c.padding), dilation, ceil_mode=r.ceil_mode)
         if isinstance(layer, nn.AvgPool2d):
             sums = F.avg_pool2d(x, kernel, stride, (0, c.padding), ceil_mode=r.ceil_mode, divisor_override=1)
             count_padding = layer.count_include_pad

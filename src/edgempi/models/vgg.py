@@ -68,15 +68,21 @@ class VGG(nn.Module):
         return self.head(self.trunk(x))
 
     def stages(self) -> list[Stage]:
-        """The trunk as stages; a fusion boundary follows every pool."""
-        stages: list[Stage] = []
+        """The trunk as stages; a fusion boundary follows every pool. Each conv or pool takes
+        the modules after it (batch norm, ReLU) as its pointwise ``post`` before its stage is
+        built, so that the batch norm folds into the convolution."""
+        units: list[tuple[int, nn.Module, list[nn.Module]]] = []
         for index, module in enumerate(self.features):
-            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-                stages.append(LayerStage(f"features.{index}", module, boundary_after=True))
-            elif isinstance(module, (nn.Conv2d, CompactConv)):
-                stages += unit_stages(f"features.{index}", module, [])
+            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.Conv2d, CompactConv)):
+                units.append((index, module, []))
             else:
-                stages[-1].post.append(module)
+                units[-1][2].append(module)
+        stages: list[Stage] = []
+        for index, module, post in units:
+            if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+                stages.append(LayerStage(f"features.{index}", module, post, boundary_after=True))
+            else:
+                stages += unit_stages(f"features.{index}", module, post)
         return stages
 
     def head_parts(self) -> tuple[nn.AdaptiveAvgPool2d, nn.Linear, nn.Module]:
