@@ -91,7 +91,7 @@ def plan_for(
     return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch)
 
 
-def runtime_for(comm, model: nn.Module, plan):
+def runtime_for(comm, model: nn.Module, plan, overlap: bool = True):
     """A rank's runtime as ``prepare`` builds it: NHWC stages, the whole head on the classifier."""
     from edgempi.head import classifier_head
     from edgempi.runtime import Runtime, nhwc
@@ -100,7 +100,7 @@ def runtime_for(comm, model: nn.Module, plan):
     head = None
     if comm.rank == plan.classifier_rank:
         head = classifier_head(model, last.out_channels, last.out_height, last.out_width)
-    return Runtime(comm, nhwc(model).stages(), plan, head)
+    return Runtime(comm, nhwc(model).stages(), plan, head, overlap)
 
 
 def plain_logits(checkpoint, data_path, name: str = "resnet18"):

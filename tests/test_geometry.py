@@ -10,7 +10,7 @@ from torch import nn
 
 from edgempi.geometry import Window, intersect, union
 from edgempi.partition import split_rows
-from edgempi.stages import LayerStage, rows_through, run_rows, stage_heights
+from edgempi.stages import LayerStage, rows_through, run_rows, split_by_halo, stage_heights
 
 
 @st.composite
@@ -89,6 +89,44 @@ def test_partitioned_stack_equals_torch(stack, height, weights, data):
             lo, hi = rows_through(stages, heights, rows)[0]
             parts.append(run_rows(stages, heights, x[:, :, lo:hi], lo, rows))
     torch.testing.assert_close(torch.cat(parts, 2), reference, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stack=st.lists(layers(), min_size=1, max_size=5), height=st.integers(24, 60), data=st.data())
+def test_split_by_halo_leaves_the_interior_only_owned_rows(stack, height, data):
+    """Top, interior and bottom tile the strip; the interior reads only the local rows and is
+    the longest such run (the rows beside it read others); computed apart, the three pieces
+    equal the strip."""
+    stages = [LayerStage(str(i), layer) for i, layer in enumerate(stack)]
+    try:
+        heights = stage_heights(stages, height)
+    except ValueError:
+        assume(False)
+    lo = data.draw(st.integers(0, heights[-1] - 1))
+    out_rows = (lo, data.draw(st.integers(lo + 1, heights[-1])))
+    needs = rows_through(stages, heights, out_rows)[0]
+    local = (data.draw(st.integers(*needs)), data.draw(st.integers(*needs)))
+    top, interior, bottom = split_by_halo(stages, heights, out_rows, local)
+    assert (top[0], bottom[1]) == out_rows and top[1] == interior[0] and interior[1] == bottom[0]
+    if interior[1] <= interior[0]:
+        assert top == out_rows
+        return
+
+    def reads_only_local(rows):
+        reads = rows_through(stages, heights, rows)[0]
+        return intersect(reads, local) == reads
+
+    assert reads_only_local(interior)
+    assert not reads_only_local((top[1] - 1, top[1])) if top[1] > top[0] else True
+    assert not reads_only_local((bottom[0], bottom[0] + 1)) if bottom[1] > bottom[0] else True
+    x = torch.randn(1, 2, height, 13)
+    pieces = [
+        run_rows(stages, heights, x[:, :, needs[0] : needs[1]], needs[0], r) for r in (top, bottom) if r[1] > r[0]
+    ]
+    inner = run_rows(stages, heights, x[:, :, local[0] : local[1]], local[0], interior)
+    pieces.insert(1 if top[1] > top[0] else 0, inner)
+    whole = run_rows(stages, heights, x[:, :, needs[0] : needs[1]], needs[0], out_rows)
+    torch.testing.assert_close(torch.cat(pieces, 2), whole, rtol=1e-5, atol=1e-5)
 
 
 def test_ceil_mode_window_may_overhang_the_border():

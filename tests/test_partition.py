@@ -286,3 +286,29 @@ def test_overheads_count_halo_bytes_and_recomputed_rows():
     assert any(sum(o["halo_bytes_received"]) > 0 for o in exchanged)
     assert all(o["rows_computed_twice"] == [0, 0] for o in exchanged)  # one stage a block: no inner map
     assert all(rows > 0 for rows in recomputed[0]["rows_computed_twice"])  # both sides recompute the seam
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+def test_ranks_overlap_their_halo_only_where_it_pays(name):
+    """Fast links: the halo is too small to hide, no rank overlaps. Slow links: some do, and
+    each pays the pieces' extra compute, at most half of the halo it hides."""
+    model = build_model(name)
+    fast = plan_for(name, model, (1, 64, 48), [1, 1], "equal", "none", bandwidth_Bps=[1e12, 1e12], latency_s=[0, 0])
+    assert not any(any(block.overlap) for block in fast.blocks)
+    slow = plan_for(name, model, (1, 64, 48), [1, 1], "equal", "none", bandwidth_Bps=[1e6, 1e6])
+    trunk = Trunk.from_stages(model.stages(), (1, 64, 48))
+    costs = model_from_speeds(trunk, [1, 1], bandwidth_Bps=[1e6, 1e6])
+    planner = Planner(trunk, costs, "equal", 0, 1, 1)
+    overlapped = 0
+    for before, block in zip(slow.blocks, slow.blocks[1:]):
+        candidate, earlier = (planner.block(b.first, b.end)[0] for b in (block, before))
+        halo = planner.halo(earlier, candidate, block.first)
+        for rank in range(2):
+            extra = block.predicted_compute_s[rank] - candidate.compute[rank]
+            hidden = halo[rank] - block.predicted_halo_s[rank]
+            if block.overlap[rank]:
+                overlapped += 1
+                assert 0 < 2 * extra < hidden
+            else:
+                assert (extra, hidden) == (0, 0)
+    assert overlapped > 0

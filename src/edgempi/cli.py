@@ -45,6 +45,7 @@ def job_parser(prog: str, description: str) -> JobParser:
     p.add_argument("--strategy", help="row partition: equal | proportional | auction | optimal (default)")
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
+    p.add_argument("--overlap", choices=["on", "off"], help="compute interior rows while the halo is in flight (on)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
     p.add_argument("--report", help="JSON report")
     return p
@@ -63,6 +64,7 @@ def job_config(args: argparse.Namespace) -> Config:
         profile=args.profile,
         threads=args.threads,
         poll_us=args.poll_us,
+        overlap_halo=None if args.overlap is None else args.overlap == "on",
     )
 
 

@@ -37,6 +37,7 @@ class Config:
     fusion: str = "dp"
     min_rows: int = 1
     poll_us: int = 0  # 0: MPI's own (spinning) waits; else test and sleep this long between tests
+    overlap_halo: bool = True  # compute a block's interior rows while its halo is in flight
     classifier_rank: int = 0
     profile: str | None = None
     warmup_batches: int = 1
@@ -44,6 +45,7 @@ class Config:
 
 
 _TYPES = {
+    "bool": bool,
     "int": int,
     "float": (int, float),
     "str": str,
@@ -56,7 +58,7 @@ _POSITIVE = ("reduction", "in_channels", "num_classes", "batch_size", "threads",
 def _check(config: Config) -> Config:
     for f in fields(Config):
         value = getattr(config, f.name)
-        if isinstance(value, bool) or not isinstance(value, _TYPES[f.type]):
+        if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, _TYPES[f.type]):
             raise ConfigError(f"config '{f.name}' must be {f.type.replace(' | None', ' or null')}, not {value!r}")
     for name in _POSITIVE:
         if getattr(config, name) < 1:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .costmodel import CostModel, StripCosts, Trunk, least_compute_s
 from .errors import EdgempiError
-from .geometry import Rows, is_empty
+from .geometry import Rows, intersect, is_empty
 from .partition import PARTITIONERS, STRATEGIES, Infeasible, candidates
 
 FUSIONS = ("dp", "pool", "none", "full", "fixed:K")
@@ -39,6 +39,7 @@ class Block:
     predicted_halo_s: list[float] = field(default_factory=list)  # receiving the halo before the block
     predicted_send_s: list[float] = field(default_factory=list)  # after the last block: strip to the classifier
     predicted_s: float = 0.0  # the block's predicted time (the last block's: to the logits)
+    overlap: list[bool] = field(default_factory=list)  # per rank: interior rows computed while its halo arrives
 
     @property
     def ranks(self) -> list[int]:
@@ -193,9 +194,43 @@ class Planner:
 
     def step(self, before: Candidate | None, block: Candidate, level: int) -> float:
         """Predicted seconds of ``block`` after ``before`` (the last block: up to the logits)."""
-        busy = block.compute + block.send + self.halo(before, block, level)
-        spread = self.costs.jitter_s if np.count_nonzero(block.compute) > 1 else 0.0
-        return float(busy.max() + spread) + block.tail
+        return self._makespan(block.compute, self.halo(before, block, level), block.send, block.tail)
+
+    def _makespan(self, compute: np.ndarray, halo: np.ndarray, send: np.ndarray, tail: float) -> float:
+        spread = self.costs.jitter_s if np.count_nonzero(compute) > 1 else 0.0
+        return float((compute + halo + send).max() + spread) + tail
+
+    def overlap(self, before: Candidate | None, block: Candidate, first: int, end: int, halo: np.ndarray):
+        """Per rank: whether it computes its interior rows (those that read only rows it owns
+        already) while its halo is in flight, and then its compute (the top, interior and
+        bottom pieces cost more than the strip in one: each piece calls every stage and
+        recomputes the inner rows the pieces share) and the halo seconds left after the interior.
+        A rank overlaps where its halo is at least a tenth of its compute and the halo it hides
+        is more than twice the pieces' extra cost (margins for that estimate: thin pieces cost
+        more per row than the profile's two calibration heights say); none in a block with a
+        map sum, which the pieces would meet three times."""
+        compute, left = block.compute.copy(), halo.copy()
+        chosen = np.zeros(len(halo), dtype=bool)
+        if before is None or sum(self.trunk.map_sums[first:end]):
+            return chosen, compute, left
+        lows, highs = self.trunk.chain(first, end)
+        fixed, per_row = self.costs.stage_fixed_s[:, first:end], self.costs.stage_row_s[:, first:end]
+
+        def seconds(rank: int, rows: Rows) -> float:
+            lo, hi = rows
+            return 0.0 if hi <= lo else float(fixed[rank].sum() + per_row[rank] @ (highs[1:, hi - 1] - lows[1:, lo]))
+
+        for rank in np.flatnonzero(halo > 0):
+            (lo, hi), local = block.rows[rank], intersect(before.rows[rank], block.needs[rank])
+            alone = lo + np.flatnonzero((lows[0][lo:hi] >= local[0]) & (highs[0][lo:hi] <= local[1]))
+            if is_empty(local) or not len(alone) or alone[-1] - alone[0] + 1 != len(alone):
+                continue
+            pieces = [(lo, int(alone[0])), (int(alone[0]), int(alone[-1]) + 1), (int(alone[-1]) + 1, hi)]
+            extra = sum(seconds(rank, piece) for piece in pieces) - seconds(rank, (lo, hi))
+            hidden = min(halo[rank], seconds(rank, pieces[1]))
+            if hidden > 2 * extra and halo[rank] > 0.1 * block.compute[rank]:
+                chosen[rank], compute[rank], left[rank] = True, compute[rank] + extra, halo[rank] - hidden
+        return chosen, compute, left
 
     def best_path(self, allowed: list[tuple[int, int]] | None = None) -> list[tuple[int, int, int]]:
         """Dynamic programming over block boundaries (all of them, or only ``allowed`` blocks) and
@@ -289,6 +324,7 @@ class Planner:
         for first, end, c in path:
             candidate = self.block(first, end)[c]
             channels, height, width = self.trunk.shapes[end]
+            overlap, compute, halo = self.overlap(before, candidate, first, end, self.halo(before, candidate, first))
             blocks.append(
                 Block(
                     first,
@@ -299,15 +335,17 @@ class Planner:
                     width,
                     candidate.rows,
                     candidate.needs,
-                    candidate.compute.tolist(),
-                    self.halo(before, candidate, first).tolist(),
+                    compute.tolist(),
+                    halo.tolist(),
                     candidate.send.tolist(),
-                    self.step(before, candidate, first),
+                    self._makespan(compute, halo, candidate.send, candidate.tail),
+                    overlap.tolist(),
                 )
             )
             before = candidate
         _, height, width = self.trunk.shapes[0]
-        return Plan(model_name, height, width, self.strategy, fusion, self.classifier, blocks, self.total(path))
+        latency = sum(block.predicted_s for block in blocks)
+        return Plan(model_name, height, width, self.strategy, fusion, self.classifier, blocks, latency)
 
 
 def _check_ranks(ranks: int, height: int) -> None:

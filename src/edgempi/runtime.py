@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from .comm import Communicator, HaloExchange, MapSums, share_head
-from .geometry import Rows, is_empty
+from .geometry import Rows, intersect, is_empty
 from .head import HeadRows
-from .planner import Plan
-from .stages import Stage, map_sum_owners, map_sum_points, run_rows, stage_heights
+from .planner import Block, Plan
+from .stages import Stage, map_sum_owners, map_sum_points, rows_through, run_rows, split_by_halo, stage_heights
 
 
 def nhwc(model: nn.Module) -> nn.Module:
@@ -44,16 +44,19 @@ class Runtime:
     (``classifier_head``) and hands every rank the head's columns of its last strip.
     """
 
-    def __init__(self, comm: Communicator, stages: list[Stage], plan: Plan, head: HeadRows | None = None):
+    def __init__(
+        self, comm: Communicator, stages: list[Stage], plan: Plan, head: HeadRows | None = None, overlap: bool = True
+    ):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
         self.comm, self.stages, self.plan = comm, stages, plan
         self.rank = comm.rank
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
+        self.splits = [self._split(before, after) if overlap else None for before, after in zip(blocks, blocks[1:])]
         self.exchanges = [
-            HaloExchange(comm, before.rows, after.needs, index)
-            for index, (before, after) in enumerate(zip(blocks, blocks[1:]))
+            HaloExchange(comm, before.rows, after.needs, index, self._windows(before, after, split))
+            for index, (before, after, split) in enumerate(zip(blocks, blocks[1:], self.splits))
         ]
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
@@ -68,12 +71,64 @@ class Runtime:
         )
         self.timings = Timings.empty(len(blocks))
 
+    def _block_stages(self, block: Block) -> tuple[list[Stage], list[int]]:
+        return self.stages[block.first : block.end], self.heights[block.first : block.end + 1]
+
+    def _split(self, before: Block, block: Block) -> tuple[Rows, Rows, Rows] | None:
+        """This rank's rows of ``block`` as (top, interior, bottom) when the plan has it compute
+        the interior, which reads only rows it owns already, while the halo for top and bottom
+        is in flight; None when not (or when there is no interior, or a map sum)."""
+        rows, needs = block.rows[self.rank], block.needs[self.rank]
+        local = intersect(before.rows[self.rank], needs)
+        stages, heights = self._block_stages(block)
+        if not (block.overlap and block.overlap[self.rank]) or is_empty(local) or any(s.map_sums for s in stages):
+            return None
+        top, interior, bottom = split_by_halo(stages, heights, rows, local)
+        return None if is_empty(interior) else (top, interior, bottom)
+
+    def _windows(self, before: Block, block: Block, split: tuple[Rows, Rows, Rows] | None) -> list[Rows] | None:
+        """Where the halo of ``block`` arrives: beside a split, the rows the top and bottom read
+        (the received rows, and the owned ones next to them); else every needed row at once."""
+        if split is None:
+            return None
+        needs, (top, _, bottom) = block.needs[self.rank], split
+        stages, heights = self._block_stages(block)
+        local = intersect(before.rows[self.rank], needs)
+        windows = []
+        if not is_empty(top):
+            windows.append((needs[0], max(rows_through(stages, heights, top)[0][1], local[0])))
+        if not is_empty(bottom):
+            windows.append((min(rows_through(stages, heights, bottom)[0][0], local[1]), needs[1]))
+        return windows
+
     def _map_sums(self, block) -> MapSums:
         """The block's map sums: which rows of each reduced map this rank adds up."""
         stages, heights = self.stages[block.first : block.end], self.heights[block.first : block.end + 1]
         held = [map_sum_points(stages, heights, rows) for rows in block.rows]
         channels = next(([c for _, _, c in points] for points in held if points), [])
         return MapSums(self.comm, map_sum_owners(held)[self.rank], channels)
+
+    def _block(
+        self,
+        index: int,
+        pieces: list[tuple[torch.Tensor | None, int, Rows]],
+        batch: int,
+        interior: torch.Tensor | None = None,
+        top_first: bool = False,
+    ) -> torch.Tensor | None:
+        """This rank's strip of block ``index``: each piece ``(x, x_lo, rows)`` computes ``rows``
+        from ``x`` (which holds rows ``x_lo...``); an ``interior`` computed before goes between
+        the top piece and the bottom one. Takes part in the block's map sums (collective)."""
+        start, sums = time.perf_counter(), self.map_sums[index]
+        sums.reset()
+        stages, heights = self._block_stages(self.plan.blocks[index])
+        parts = [run_rows(stages, heights, x, x_lo, rows, sums) for x, x_lo, rows in pieces if not is_empty(rows)]
+        if interior is not None:
+            parts.insert(1 if top_first else 0, interior)
+        sums.idle(batch)
+        out = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        self.timings.compute_s[index] += time.perf_counter() - start
+        return out
 
     @property
     def input_rows(self) -> Rows:
@@ -90,23 +145,28 @@ class Runtime:
         Collective: every rank of ``comm`` calls it with the same ``batch``.
         """
         timings, blocks = self.timings, self.plan.blocks
-        for index, block in enumerate(blocks):
-            rows = block.rows[self.rank]
-            start = time.perf_counter()
-            out, sums = None, self.map_sums[index]
-            sums.reset()
-            if not is_empty(rows):
-                x = x.contiguous(memory_format=torch.channels_last)
-                stages = self.stages[block.first : block.end]
-                out = run_rows(
-                    stages, self.heights[block.first : block.end + 1], x, block.needs[self.rank][0], rows, sums
-                )
-            sums.idle(batch)
-            timings.compute_s[index] += time.perf_counter() - start
-            if index < len(self.exchanges):
-                start = time.perf_counter()
-                x = self.exchanges[index].exchange(out, (batch, block.out_channels, block.out_width))
-                timings.halo_s[index] += time.perf_counter() - start
+        out = self._block(0, [(x, blocks[0].needs[self.rank][0], blocks[0].rows[self.rank])], batch)
+        for index, (before, block) in enumerate(zip(blocks, blocks[1:])):
+            exchange, split = self.exchanges[index], self.splits[index]
+            waited = time.perf_counter()
+            exchange.start(out, (batch, before.out_channels, before.out_width))
+            if split is None:
+                windows = exchange.finish()
+                timings.halo_s[index] += time.perf_counter() - waited
+                pieces = [(windows[0] if windows else None, block.needs[self.rank][0], block.rows[self.rank])]
+                out = self._block(index + 1, pieces, batch)
+                continue
+            top, interior, bottom = split
+            started = time.perf_counter()
+            inner = run_rows(*self._block_stages(block), out, before.rows[self.rank][0], interior)
+            computed = time.perf_counter()
+            windows = exchange.finish()
+            timings.halo_s[index] += started - waited + time.perf_counter() - computed
+            timings.compute_s[index + 1] += computed - started
+            (first, _), (last, _) = exchange.windows[0], exchange.windows[-1]
+            edges = [(windows[0], first, top)] if not is_empty(top) else []
+            edges += [(windows[-1], last, bottom)] if not is_empty(bottom) else []
+            out = self._block(index + 1, edges, batch, inner, not is_empty(top))
         start = time.perf_counter()
         total = self.head.partial(out, batch)
         reducing = time.perf_counter()

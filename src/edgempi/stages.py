@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .geometry import Rows, Window, is_empty, union
+from .geometry import Rows, Window, intersect, is_empty, union
 
 Reduce = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -260,6 +260,23 @@ def run_rows(
         x = stage.forward(x, x_lo, n_in, rows, reduce)
         x_lo = rows[0]
     return x
+
+
+def split_by_halo(stages: list[Stage], heights: list[int], out_rows: Rows, local: Rows) -> tuple[Rows, Rows, Rows]:
+    """Cut non-empty ``out_rows`` of a run of stages into (top, interior, bottom): the interior
+    the longest run of rows computable from the input rows ``local`` alone, the rows above and
+    below it those that also read other input rows (a halo). The interior is empty when no
+    such run exists; then top holds every row. The three tile ``out_rows`` in order."""
+
+    def reads_only_local(rows: Rows) -> bool:
+        reads = rows_through(stages, heights, rows)[0]
+        return intersect(reads, local) == reads
+
+    lo, hi = out_rows
+    alone = [row for row in range(lo, hi) if reads_only_local((row, row + 1))]
+    if not alone or not reads_only_local(interior := (alone[0], alone[-1] + 1)):
+        return out_rows, (hi, hi), (hi, hi)
+    return (lo, interior[0]), interior, (interior[1], hi)
 
 
 def map_sum_points(stages: list[Stage], heights: list[int], out_rows: Rows) -> list[tuple[Rows, int, int]]:

@@ -119,6 +119,33 @@ def test_compact_attention_adds_up_every_rank_partial_sums(name):
     on_ranks(size, work)
 
 
+@pytest.mark.parametrize("fusion", ["none", "pool"])
+@pytest.mark.parametrize("size", SIZES[1:])
+@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+def test_halo_overlap_keeps_the_answer(name, size, fusion):
+    """With interior rows computed while the halo is in flight (on some rank at least) and
+    without, the logits equal plain torch."""
+    model, shape = realistic_model(name), (64, 48)
+
+    def work(comm):
+        slow = {"bandwidth_Bps": [1e6] * size}  # halo worth hiding: the planner has ranks overlap
+        plan = plan_for(name, model, (1, *shape), [1, 1, 1, 1][:size], "equal", fusion, **slow)
+        x = images(2, *shape, seed=3)
+        rows = plan.blocks[0].needs[comm.rank]
+        logits = []
+        for overlap in (True, False):
+            runtime = runtime_for(comm, model, plan, overlap=overlap)
+            assert any(comm.mpi.allgather(any(runtime.splits))) == overlap
+            with torch.inference_mode():
+                logits.append(runtime.forward(x[:, :, rows[0] : rows[1]], 2))
+        if comm.rank == plan.classifier_rank:
+            noise = float_noise(model, x)
+            for got in logits:
+                assert_parity(got, model(x), noise)
+
+    on_ranks(size, work)
+
+
 def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, **cluster):
     height, width = shape
     model = realistic_model(name)
@@ -154,16 +181,53 @@ def test_halo_exchange_delivers_exactly_the_needed_rows(comm, seed):
         lo = int(torch.randint(0, height, (1,), generator=gen))
         hi = lo + int(torch.randint(0, height - lo + 1, (1,), generator=gen))
         needed.append((lo, hi) if hi > lo else (0, 0))
-    lo, hi = owned[comm.rank]
-    rows = torch.arange(lo, hi, dtype=torch.float32)
-    strip = None if hi == lo else rows.view(1, 1, -1, 1).expand(2, 3, -1, 4).contiguous()
-    got = HaloExchange(comm, owned, needed, boundary=seed).exchange(strip, (2, 3, 4))
+    exchange = HaloExchange(comm, owned, needed, boundary=seed)
+    for batch in (2, 2, 1):  # the same shape twice: the window is reused, not made again
+        got = exchange.exchange(numbered_strip(owned[comm.rank], batch), (batch, 3, 4))
+        lo, hi = needed[comm.rank]
+        if hi == lo:
+            assert got is None
+        else:
+            assert torch.equal(got, numbered_strip((lo, hi), batch))
+            assert got.is_contiguous(memory_format=torch.channels_last)
+    if hi > lo:
+        assert got.data_ptr() != exchange._windows_for((2, 3, 4))[0].data_ptr()
+        assert exchange._windows_for((1, 3, 4))[0].data_ptr() == got.data_ptr()
+
+
+def numbered_strip(rows, batch):
+    """An NHWC map of rows ``lo..hi`` whose values are their row numbers (None when empty)."""
+    lo, hi = rows
+    if hi <= lo:
+        return None
+    numbers = torch.arange(lo, hi, dtype=torch.float32).view(1, 1, -1, 1)
+    return (
+        (numbers * torch.arange(1, batch + 1).view(-1, 1, 1, 1))
+        .expand(batch, 3, -1, 4)
+        .contiguous(memory_format=torch.channels_last)
+    )
+
+
+@pytest.mark.mpi(min_size=2)
+def test_halo_rows_arrive_in_their_windows_without_a_concatenation(comm, monkeypatch):
+    """Two windows around a rank's own rows: received rows land in them in place (torch.cat is
+    never called), its own rows beside them are copied in, and the interior stays out."""
+    height, size = 8 * comm.size, comm.size
+    owned = [(8 * r, 8 * r + 8) for r in range(size)]
+    needed = [(max(lo - 2, 0), min(hi + 2, height)) for lo, hi in owned]
     lo, hi = needed[comm.rank]
-    if hi == lo:
-        assert got is None
-    else:
-        expected = torch.arange(lo, hi, dtype=torch.float32).view(1, 1, -1, 1).expand(2, 3, -1, 4)
-        assert torch.equal(got, expected)
+    windows = [w for w in [(lo, owned[comm.rank][0] + 1), (owned[comm.rank][1] - 1, hi)] if w[1] > w[0]]
+    exchange = HaloExchange(comm, owned, needed, boundary=7, windows=windows)
+
+    def no_cat(*args, **kwargs):
+        raise AssertionError("the halo exchange concatenated")
+
+    monkeypatch.setattr(torch, "cat", no_cat)
+    exchange.start(numbered_strip(owned[comm.rank], 2), (2, 3, 4))
+    got = exchange.finish()
+    assert len(got) == len(windows)
+    for window, tensor in zip(windows, got):
+        assert torch.equal(tensor, numbered_strip(window, 2))
 
 
 @pytest.mark.mpi(min_size=2)

@@ -1,11 +1,11 @@
-"""Halo exchange between two fused blocks: point-to-point, contiguous buffers, no pickling."""
+"""Halo exchange between two fused blocks: point-to-point, straight between the maps, no pickling."""
 
 from __future__ import annotations
 
 import torch
 
 from ..geometry import Rows, intersect, is_empty
-from .buffers import as_buffer, nhwc_empty
+from .buffers import RowMessages, nhwc_empty
 from .communicator import Communicator, Tag
 
 
@@ -14,45 +14,85 @@ class HaloExchange:
 
     ``owned[r]`` are the rows rank ``r`` computed in the previous block, ``needed[r]`` the
     rows it reads in the next one; ``boundary`` numbers the block boundary (its message tag).
-    Send and receive ranges are computed once here; rows may come from any rank, not only
-    from neighbours, and a rank may own or need no rows.
+    This rank's needed rows arrive in ``windows``: row ranges inside ``needed[rank]`` that
+    together hold every row it needs from other ranks (by default one window, all of
+    ``needed[rank]``). Each window is a map preallocated per batch shape: other ranks' rows are
+    received straight into it, and the rows of it that this rank owns are copied in from its
+    strip; rows are sent straight from the sender's strip. Send and receive ranges are computed
+    once here; rows may come from any rank, not only from neighbours, and a rank may own or
+    need no rows.
     """
 
-    def __init__(self, comm: Communicator, owned: list[Rows], needed: list[Rows], boundary: int = 0):
+    def __init__(
+        self,
+        comm: Communicator,
+        owned: list[Rows],
+        needed: list[Rows],
+        boundary: int = 0,
+        windows: list[Rows] | None = None,
+    ):
         me = comm.rank
         self.comm, self.tag = comm, comm.tag(Tag.HALO, boundary)
         self.owned, self.needed = owned[me], needed[me]
+        self.windows = windows if windows is not None else [self.needed] * (not is_empty(self.needed))
         peers = [p for p in range(comm.size) if p != me]
         self.sends = [(p, rows) for p in peers if not is_empty(rows := intersect(owned[me], needed[p]))]
-        self.recvs = [(p, rows) for p in peers if not is_empty(rows := intersect(owned[p], needed[me]))]
-        self.local = intersect(owned[me], needed[me])
-        self._buffers: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.recvs = [
+            (p, rows, self._window_of(rows)) for p in peers if not is_empty(rows := intersect(owned[p], needed[me]))
+        ]
+        self.local = [intersect(self.owned, window) for window in self.windows]
+        self._maps: dict[tuple, list[torch.Tensor]] = {}
+        self._messages = RowMessages()
+        self._requests: list = []
+        self._current: list[torch.Tensor] = []
 
-    def _buffers_for(self, shape: tuple[int, int, int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Send and receive buffers for a ``(batch, channels, width)`` shape, reused across calls."""
-        if shape not in self._buffers:
+    def _window_of(self, rows: Rows) -> int:
+        for index, window in enumerate(self.windows):
+            if intersect(rows, window) == rows:
+                return index
+        raise ValueError(f"received rows {rows} lie in no window of {self.windows}")
+
+    def _windows_for(self, shape: tuple[int, int, int]) -> list[torch.Tensor]:
+        """The windows' maps for a ``(batch, channels, width)`` shape, reused across calls."""
+        if shape not in self._maps:
             batch, channels, width = shape
-            make = [nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.sends]
-            take = [nhwc_empty(batch, channels, hi - lo, width) for _, (lo, hi) in self.recvs]
-            self._buffers[shape] = (make, take)
-        return self._buffers[shape]
+            self._maps[shape] = [nhwc_empty(batch, channels, hi - lo, width) for lo, hi in self.windows]
+        return self._maps[shape]
+
+    def start(self, strip: torch.Tensor | None, shape: tuple[int, int, int]) -> None:
+        """Post the receives into the windows and the sends from ``strip`` (this rank's owned
+        rows), and copy the owned rows the windows hold; ``finish`` completes them.
+
+        Collective over the ranks that share rows: every rank of ``comm`` calls it, then ``finish``.
+        """
+        maps, rows = self._windows_for(shape), self._messages.rows
+        self._current = maps
+        self._requests = [
+            self.comm.irecv(rows(maps[w], lo - self.windows[w][0], hi - self.windows[w][0]), p, self.tag)
+            for p, (lo, hi), w in self.recvs
+        ]
+        if self.sends:
+            strip = strip.contiguous(memory_format=torch.channels_last)
+            base = self.owned[0]
+            for p, (lo, hi) in self.sends:
+                self._requests.append(self.comm.isend(rows(strip, lo - base, hi - base), p, self.tag))
+        for (lo, hi), window, out in zip(self.local, self.windows, maps):
+            if hi > lo:
+                out[:, :, lo - window[0] : hi - window[0]].copy_(strip[:, :, lo - self.owned[0] : hi - self.owned[0]])
+
+    def finish(self) -> list[torch.Tensor]:
+        """Wait for ``start``'s messages; returns the windows' maps, in ``windows`` order.
+
+        The maps are reused by the next exchange of the same shape: use them before that."""
+        self.comm.wait_all(self._requests)
+        self._requests = []
+        return self._current
 
     def exchange(self, strip: torch.Tensor | None, shape: tuple[int, int, int]) -> torch.Tensor | None:
-        """Swap rows; returns the rows this rank needs (None if none).
+        """``start`` and ``finish`` in one go, with one window: the rows this rank needs (None if none).
 
         Collective over the ranks that share rows: every rank of ``comm`` calls it.
         """
-        send_bufs, recv_bufs = self._buffers_for(shape)
-        requests = [self.comm.irecv(as_buffer(buf), p, self.tag) for (p, _), buf in zip(self.recvs, recv_bufs)]
-        for (p, (lo, hi)), buf in zip(self.sends, send_bufs):
-            buf.copy_(strip[:, :, lo - self.owned[0] : hi - self.owned[0]])
-            requests.append(self.comm.isend(as_buffer(buf), p, self.tag))
-        self.comm.wait_all(requests)
-        if is_empty(self.needed):
-            return None
-        pieces = [(rows[0], buf) for (_, rows), buf in zip(self.recvs, recv_bufs)]
-        if not is_empty(self.local):
-            lo, hi = self.local
-            pieces.append((lo, strip[:, :, lo - self.owned[0] : hi - self.owned[0]]))
-        pieces.sort(key=lambda piece: piece[0])
-        return pieces[0][1] if len(pieces) == 1 else torch.cat([p for _, p in pieces], dim=2)
+        self.start(strip, shape)
+        maps = self.finish()
+        return maps[0] if maps else None
