@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import plain_logits, realistic_model
+from helpers import assert_one_line_error, plain_logits, realistic_model
 
 from edgempi.data import synth, write_dataset
 from edgempi.launcher import mpiexec, mpirun
@@ -153,12 +152,23 @@ def test_bad_input_fails_with_one_line_from_rank_0(tmp_path, synthetic, case, ra
         report,
         timeout=120,
     )
-    assert run.returncode != 0
-    errors = [line for line in run.stderr.splitlines() if line.startswith("edgempi:")]
-    assert len(errors) == 1, run.stderr
-    assert re.search(message, errors[0]), errors[0]
-    assert "Traceback" not in run.stderr
-    assert not out.exists() and not report.exists()
+    assert_one_line_error(run, message, out, report)
+
+
+@pytest.mark.parametrize("field", ["weights_sha256", "image_shape"])
+def test_a_rank_with_other_weights_or_data_stops_the_job(tmp_path, synthetic, checkpoint, field):
+    other = tmp_path / "other"
+    if field == "weights_sha256":
+        torch.save(realistic_model("resnet18", seed=8).state_dict(), other)
+    else:
+        synth(other, 4, seed=3)
+    out = tmp_path / "o.h5"
+    job = ["edgempi.infer", "--config", config_file(tmp_path), "--data", synthetic, "--weights", checkpoint]
+    job = [sys.executable, "-m", *map(str, job), "--output", str(out)]
+    rank_1 = [*job, "--weights" if field == "weights_sha256" else "--data", str(other)]  # the last one counts
+    command = [*mpirun(1), *job, ":", "-np", "1", *rank_1]  # MPMD: rank 1 runs another command line
+    run = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(run, rf"^edgempi: error: rank 1 on host \S+ runs with {field} .*, rank 0 on host \S+", out)
 
 
 # mpi4py made unimportable (as on a machine without libmpi) before the entry point runs
