@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from edgempi.agreement import AgreementError, check_agreement, data_digest, file_sha256, rank_record
+from edgempi.agreement import AgreementError, check_agreement, data_digest, file_sha256, first_difference, rank_record
 from edgempi.config import Config
 from edgempi.data import synth, write_dataset
 
@@ -95,3 +95,10 @@ def test_the_first_rank_that_differs_is_named_with_its_host_the_field_and_both_v
     message = str(error.value)
     assert message.startswith(f"rank 2 on host pi-3 runs with {field} {value!r}, rank 0 on host ")
     assert f"with {getattr(record, field)!r}:" in message
+
+
+def test_first_difference_counts_a_missing_key_as_none():
+    assert first_difference({"a": 1, "b": 2}, {"a": 1, "b": 2}) is None
+    assert first_difference({"a": 1, "b": 2}, {"a": 3}) == ("a", 1, 3)
+    assert first_difference({"a": 1, "b": 2}, {"a": 1}) == ("b", 2, None)
+    assert first_difference({"a": 1}, {"a": 1, "c": 0}) == ("c", None, 0)

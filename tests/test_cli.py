@@ -102,6 +102,13 @@ def bad_data(tmp_path, kind):
             f["images"] = np.zeros((2, 1, 64, 64), np.float32)
     elif kind == "rows":
         write_dataset(path, np.zeros((2, 1, 2, 64), np.uint8), np.zeros(2))
+    elif kind == "short-labels":
+        with h5py.File(path, "w") as f:
+            f["images"] = np.zeros((4, 1, 64, 64), np.uint8)
+            f["labels"] = np.zeros(3, np.int64)
+    elif kind == "wrong-shapes":  # resnet18's keys, but for three input channels
+        path = tmp_path / "rgb.pt"
+        torch.save(realistic_model("resnet18").state_dict() | {"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     return path
 
 
@@ -136,6 +143,25 @@ def bad_data(tmp_path, kind):
             2,
             lambda t, d: ["--data", d, "--profile", (t / "p.json", (t / "p.json").write_text("{}"))[0]],
             "not a saved edgempi profile",
+        ),
+        (
+            "weights-of-other-shapes",
+            2,
+            lambda t, d: ["--data", d, "--weights", bad_data(t, "wrong-shapes")],
+            r"'conv1.weight' has shape \(64, 3, 7, 7\), the model needs \(64, 1, 7, 7\)",
+        ),
+        (
+            "labels-shorter-than-images",
+            2,
+            lambda t, d: ["--data", bad_data(t, "short-labels")],
+            r"labels must be .*\[4\]",
+        ),
+        ("batch-size-0", 2, lambda t, d: ["--data", d, "--batch-size", 0], "'batch_size' must be at least 1, not 0"),
+        (
+            "min-rows-above-the-image",
+            2,
+            lambda t, d: ["--config", config_file(t, min_rows=500), "--data", d],
+            "min_rows 500 is more than the 7 rows of resnet18's smallest feature map at 200x200",
         ),
     ],
 )

@@ -33,6 +33,8 @@ def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     synth(folder / "s.h5", 60, seed=5, size=64)
     (folder / "c.yaml").write_text("model: resnet18_compact\nbatch_size: 2\nwarmup_batches: 0\n")
+    synth(folder / "other.h5", 60, seed=6, size=64)
+    (folder / "other.yaml").write_text("model: vgg11_compact\nbatch_size: 2\nwarmup_batches: 0\n")
     return folder
 
 
@@ -85,11 +87,24 @@ def test_bad_input_is_one_line_from_rank_0(dataset, tmp_path, args, message):
     assert_one_line_error(run, f"^edgempi: error: {re.escape(message)}", tmp_path / "p.h5")
 
 
-def test_resume_rejects_batches_of_another_split(dataset, tmp_path):
+@pytest.mark.parametrize(
+    "earlier,message",
+    [
+        (["--split", "val"], "saved batches in .* hold image \\d+, not in this split: run without --resume"),
+        (
+            ["--config", "other.yaml"],
+            r"saved batches in .* are of another job \(model 'vgg11_compact', this job's is 'resnet18_compact'\)",
+        ),
+        (["--data", "other.h5"], r"are of another job \(data_digest '[0-9a-f]{64}', this job's is '[0-9a-f]{64}'\)"),
+    ],
+)
+def test_resume_rejects_batches_of_another_job(dataset, tmp_path, earlier, message):
     common = ["--config", dataset / "c.yaml", "--data", dataset / "s.h5", "--output", tmp_path / "p.h5"]
-    assert evaluate(1, *common, "--split", "val", "--max-batches", 1).returncode == 0
-    run = evaluate(1, *common, "--split", "test", "--resume")
-    assert run.returncode == 2 and "not in this split" in run.stderr
+    earlier = [dataset / name if name.endswith((".yaml", ".h5")) else name for name in earlier]
+    assert evaluate(1, *common, *earlier, "--max-batches", 1).returncode == 0
+    run = evaluate(1, *common, "--resume")
+    assert_one_line_error(run, message, tmp_path / "p.h5")
+    assert len(list((tmp_path / "p.h5.parts").glob("batch-*.npz"))) == 1  # the earlier job's batch is kept
 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:

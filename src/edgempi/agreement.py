@@ -102,17 +102,22 @@ def rank_record(config: Config, images: h5py.Dataset) -> RankRecord:
 
 
 def first_difference(mine: dict[str, Any], reference: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first key of ``reference`` whose value ``mine`` does not share: (key, mine, reference)."""
-    return next(((k, mine.get(k), v) for k, v in reference.items() if mine.get(k) != v), None)
+    """The first key (of ``reference``, then of ``mine``) whose values differ, a missing key's
+    being None: (key, mine's value, reference's value)."""
+    keys = dict.fromkeys([*reference, *mine])
+    return next(((k, mine.get(k), reference.get(k)) for k in keys if mine.get(k) != reference.get(k)), None)
 
 
 def check_agreement(records: list[RankRecord]) -> None:
     """Raise ``AgreementError`` naming the first rank (and its host) whose record differs from
     rank 0's, the field, and both values."""
-    reference = asdict(records[0])
-    del reference["host"]
+
+    def compared(record: RankRecord) -> dict[str, Any]:
+        return {name: value for name, value in asdict(record).items() if name != "host"}
+
+    reference = compared(records[0])
     for rank, record in enumerate(records[1:], start=1):
-        difference = first_difference(asdict(record), reference)
+        difference = first_difference(compared(record), reference)
         if difference is not None:
             field, theirs, ours = difference
             raise AgreementError(

@@ -68,7 +68,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
     model = collectively(comm, lambda: _model(config, with_head=classifier))
     record = _agree(comm, config, data)
     stages = nhwc(model).stages()
-    trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
+    trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size, config.min_rows))
     head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
     profile = collectively(comm, lambda: profile_job(comm, config, stages, image, trunk.shapes[-1], head))
 
