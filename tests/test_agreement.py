@@ -59,6 +59,10 @@ def test_the_data_digest_follows_metadata_and_small_datasets_not_every_image(dat
     with h5py.File(copy, "r+") as f:
         f["images"][3] = 0  # a middle image is not read: the digest stays cheap for large sets
         assert data_digest(f) == original
+        f["features"] = np.zeros((6, 4))
+        with_features = data_digest(f)
+        f["features"][0, 0] = 1  # nor is any other dataset of more than one dimension, only its metadata
+        assert data_digest(f) == with_features != original
     shorter = tmp_path / "shorter.h5"
     write_dataset(shorter, np.zeros((5, 1, 16, 16), np.uint8), np.arange(5) % 6)
     with h5py.File(shorter, "r") as f:

@@ -2,7 +2,7 @@
 
 Pure (no MPI): ``job.prepare`` gathers every rank's ``RankRecord`` at rank 0 and calls
 ``check_agreement``. A record costs one streamed pass over the weights file and a few small reads
-of the data file (its metadata, its small datasets, its first and last image).
+of the data file (its metadata, its one-dimensional datasets, its first and last image).
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ def _plain(value: Any) -> Any:
 
 
 def data_digest(file: h5py.File) -> str:
-    """SHA-256 over an HDF5 file's attributes and every dataset's name, shape, dtype and
-    attributes, the contents of every dataset but ``images`` (labels, split: one small value per
-    image) and the first and last image, never the whole image array. The file is an
-    ``ImageSet``'s: its ``images`` hold at least one image."""
+    """SHA-256 over an HDF5 file's attributes, every dataset's name, shape, dtype and attributes,
+    the contents of its one-dimensional datasets (labels, split: one value per image) and the
+    first and last image, never the whole image array. The file is an ``ImageSet``'s: its
+    ``images`` hold at least one image."""
     digest = hashlib.sha256(repr(sorted((k, _plain(v)) for k, v in file.attrs.items())).encode())
 
     def add(name: str, item) -> None:
@@ -77,8 +77,10 @@ def data_digest(file: h5py.File) -> str:
             return
         attrs = sorted((k, _plain(v)) for k, v in item.attrs.items())
         digest.update(repr((name, item.shape, item.dtype.str, attrs)).encode())
-        contents = item[sorted({0, len(item) - 1})] if name == "images" else item[()]
-        digest.update(np.ascontiguousarray(contents).tobytes())
+        if name == "images":
+            digest.update(np.ascontiguousarray(item[sorted({0, len(item) - 1})]).tobytes())
+        elif item.ndim <= 1:
+            digest.update(np.ascontiguousarray(item[()]).tobytes())
 
     file.visititems(add)
     return digest.hexdigest()
