@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -112,3 +115,13 @@ def plain_logits(checkpoint, data_path, name: str = "resnet18"):
     data = ImageSet(data_path, 1, 0.5, 0.25)
     with torch.inference_mode():
         return model(data.read(0, data.count, (0, data.height))).numpy(), data
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess, message: str, *outputs: Path) -> None:
+    """Bad input ended the job as it must: exit status 2, one ``edgempi: error:`` line matching
+    the regular expression ``message``, no traceback, none of ``outputs`` written."""
+    errors = [line for line in run.stderr.splitlines() if line.startswith("edgempi:")]
+    assert run.returncode == 2 and len(errors) == 1, run.stderr
+    assert errors[0].startswith("edgempi: error: ") and re.search(message, errors[0]), errors[0]
+    assert "Traceback" not in run.stderr
+    assert [path for path in outputs if path.exists()] == []

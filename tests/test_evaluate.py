@@ -2,13 +2,20 @@
 interrupted job is resumed; predictions equal plain torch's; bad input fails cleanly."""
 
 import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error
 from test_cli import ENV, ROOT
 
 from edgempi.data import ImageSet, synth
@@ -26,6 +33,8 @@ def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     synth(folder / "s.h5", 60, seed=5, size=64)
     (folder / "c.yaml").write_text("model: resnet18_compact\nbatch_size: 2\nwarmup_batches: 0\n")
+    synth(folder / "other.h5", 60, seed=6, size=64)
+    (folder / "other.yaml").write_text("model: vgg11_compact\nbatch_size: 2\nwarmup_batches: 0\n")
     return folder
 
 
@@ -75,15 +84,89 @@ def test_interrupted_job_resumes_without_losing_or_repeating_an_image(dataset, t
 )
 def test_bad_input_is_one_line_from_rank_0(dataset, tmp_path, args, message):
     run = evaluate(2, "--config", dataset / "c.yaml", "--data", dataset / "s.h5", "--output", tmp_path / "p.h5", *args)
-    assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if line.startswith("edgempi:")]
-    assert len(errors) == 1 and errors[0].startswith(f"edgempi: error: {message}"), run.stderr
-    assert "Traceback" not in run.stderr
-    assert not (tmp_path / "p.h5").exists()
+    assert_one_line_error(run, f"^edgempi: error: {re.escape(message)}", tmp_path / "p.h5")
 
 
-def test_resume_rejects_batches_of_another_split(dataset, tmp_path):
+@pytest.mark.parametrize(
+    "earlier,message",
+    [
+        (["--split", "val"], "saved batches in .* hold image \\d+, not in this split: run without --resume"),
+        (
+            ["--config", "other.yaml"],
+            r"saved batches in .* are of another job \(model 'vgg11_compact', this job's is 'resnet18_compact'\)",
+        ),
+        (["--data", "other.h5"], r"are of another job \(data_digest '[0-9a-f]{64}', this job's is '[0-9a-f]{64}'\)"),
+    ],
+)
+def test_resume_rejects_batches_of_another_job(dataset, tmp_path, earlier, message):
     common = ["--config", dataset / "c.yaml", "--data", dataset / "s.h5", "--output", tmp_path / "p.h5"]
-    assert evaluate(1, *common, "--split", "val", "--max-batches", 1).returncode == 0
-    run = evaluate(1, *common, "--split", "test", "--resume")
-    assert run.returncode == 2 and "not in this split" in run.stderr
+    earlier = [dataset / name if name.endswith((".yaml", ".h5")) else name for name in earlier]
+    assert evaluate(1, *common, *earlier, "--max-batches", 1).returncode == 0
+    run = evaluate(1, *common, "--resume")
+    assert_one_line_error(run, message, tmp_path / "p.h5")
+    assert len(list((tmp_path / "p.h5.parts").glob("batch-*.npz"))) == 1  # the earlier job's batch is kept
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The process id of ``rank`` among the launcher's descendants (read from /proc), or None."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    family, grown = {launcher.pid}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family, grown = family | children, bool(children)
+    for pid in family - {launcher.pid}:
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ or f"PMI_RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+@pytest.fixture(scope="module")
+def longer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kill") / "s.h5"
+    synth(path, 300, seed=5, size=64)  # at batch 1 on 2 ranks: about 10 s of batches after the first
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_rank_ends_the_job_and_fewer_ranks_resume_it(dataset, longer, tmp_path, killed):
+    out = tmp_path / "p.h5"
+    common = ["--config", dataset / "c.yaml", "--data", longer, "--split", "all", "--batch-size", 1, "--output", out]
+    command = [*mpirun(2), sys.executable, "-m", "edgempi.evaluate", *map(str, common)]
+    job = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "p.h5.parts"
+    try:
+        while not list(parts.glob("batch-*.npz")) and job.poll() is None:
+            time.sleep(0.05)
+        victim = rank_pid(job, killed)
+        assert victim is not None and job.poll() is None, "the job ended before a rank could be killed"
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    took_s = time.monotonic() - killed_at
+    # The issue asks for 10 s; Open MPI takes about 0.3 s here. 30 s leaves room for a loaded 2-core CI machine.
+    assert job.returncode != 0 and took_s < 30, (job.returncode, took_s, stderr)
+    host = re.escape(socket.gethostname().split(".")[0])
+    assert re.search(rf"rank\s+{killed}\b.*?(on node|RUNNING AT)\s+{host}", stderr, re.DOTALL | re.IGNORECASE), stderr
+    assert not out.exists()
+    done = {int(p.stem.split("-")[1]) for p in parts.glob("batch-*.npz")}
+    assert 0 < len(done) < 300
+
+    resumed = evaluate(1, *common, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {300 - len(done)} images left" in resumed.stderr
+    with h5py.File(out) as f:
+        assert np.array_equal(f["indices"][:], np.arange(300))  # every image once, in order
+        assert f["logits"].shape == (300, 6)
+    assert not parts.exists()

@@ -249,8 +249,11 @@ def test_plan_rejects_bad_clusters_and_images():
         trunk_geometry("vgg16", stages, (1, 4, 200), 5)
     with pytest.raises(PlanError, match="too small"):
         trunk_geometry("vgg16", stages, (1, 16, 200), 1)
-    trunk = trunk_geometry("vgg16", stages, (1, 64, 64), 2)
+    with pytest.raises(PlanError, match="min_rows 3 is more than the 2 rows of vgg16's smallest feature map at 64x64"):
+        trunk_geometry("vgg16", stages, (1, 64, 64), 2, min_rows=3)
+    trunk = trunk_geometry("vgg16", stages, (1, 64, 64), 2, min_rows=2)
     costs = model_from_speeds(trunk, [1.0, 1.0])
+    assert make_plan("vgg16", trunk, costs, min_rows=2).blocks  # as thick as the smallest map: a plan exists
     with pytest.raises(PlanError, match="unknown strategy"):
         make_plan("vgg16", trunk, costs, strategy="magic")
     with pytest.raises(PlanError, match="unknown fusion"):

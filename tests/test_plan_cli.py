@@ -1,6 +1,7 @@
 """python -m edgempi.plan and cluster files."""
 
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,11 @@ def test_cluster_files_load(tmp_path):
     assert {"emulated-hetero", "emulated-homogeneous", "pi4-hetero", "pi4-homogeneous"} <= set(packaged("clusters"))
     for text, message in [
         ("devices: []", "non-empty"),
-        ("devices: [{speed: -1}]", "positive"),
+        ("devices: [{speed: -1}]", "device 'device0': 'speed' must be a positive number, not -1"),
+        ("devices: [{speed: fast}]", "'speed' must be a positive number, not 'fast'"),
+        ("devices: [{speed: true}]", "'speed' must be a positive number, not True"),
+        ("devices: [{count: 0}]", "count of at least 1, not 0"),
+        ("call_s: -1\ndevices: [{}]", "': 'call_s' must be a positive number, not -1"),
         ("devices: [{sped: 1}]", "mapping"),
         ("speed: 1\ndevices: [{}]", "unknown setting"),
     ]:
@@ -64,10 +69,28 @@ def test_plan_from_a_saved_profile(tmp_path, capsys):
     assert "resnet18 64x64 on 2 devices" in capsys.readouterr().out
 
 
-def test_plan_errors_are_one_line(capsys):
-    assert main(["--config", "vgg16", "--cluster", "clusters/none.yaml"]) == 2
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--cluster", "clusters/none.yaml"],
+            "cluster file 'clusters/none.yaml' does not exist and is no packaged .*hetero",
+        ),
+        (["--cluster", "pi4-hetero", "--image", "3x200"], "a 3x200 image is too small for vgg16"),
+        (["--cluster", "fast.yaml"], "device 'device0': 'speed' must be a positive number, not 'fast'"),
+        (["--cluster", "negative.yaml"], "device 'pi': 'bandwidth_mbit' must be a positive number, not -100"),
+        (
+            ["--cluster", "pi4-hetero", "--config", "thick.yaml"],
+            "min_rows 50 is more than the 6 rows of vgg16's smallest feature map at 200x200",
+        ),
+    ],
+)
+def test_plan_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast.yaml").write_text("devices: [{speed: fast}]\n")
+    (tmp_path / "negative.yaml").write_text("devices: [{name: pi, bandwidth_mbit: -100}]\n")
+    (tmp_path / "thick.yaml").write_text("model: vgg16\nmin_rows: 50\n")
+    assert main(["--config", "vgg16", *args, "--json", "plan.json"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("edgempi: error: cluster file 'clusters/none.yaml' does not exist and is no packaged")
-    assert "pi4-hetero" in err and len(err.splitlines()) == 1
-    assert main(["--config", "vgg16", "--cluster", "pi4-hetero", "--image", "3x200"]) == 2
-    assert "a 3x200 image is too small for vgg16" in capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("edgempi: error: ") and re.search(message, err), err
+    assert not (tmp_path / "plan.json").exists()

@@ -11,6 +11,7 @@ machine's cores when the cluster is emulated (``python -m edgempi.emulate``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +94,21 @@ def load_cluster(path: str | Path) -> Cluster:
         entry = dict(entry)
         count = entry.pop("count", 1)
         name = str(entry.pop("name", f"device{index}"))
-        values = {k: float(v) for k, v in entry.items()}
-        if any(v <= 0 for v in values.values()) or not isinstance(count, int) or count < 1:
-            raise ClusterError(f"cluster file '{path}': device '{name}' needs positive numbers")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ClusterError(f"cluster file '{path}': device '{name}' needs a count of at least 1, not {count!r}")
+        values = {k: _positive(path, f"device '{name}': ", k, v) for k, v in entry.items()}
         devices += [Device(name if count == 1 else f"{name}{i + 1}", **values) for i in range(count)]
-    settings = {k: float(data[k]) for k in CLUSTER_KEYS - {"devices"} if k in data}
+    settings = {k: _positive(path, "", k, data[k]) for k in CLUSTER_KEYS - {"devices"} if k in data}
     return Cluster(devices, **settings)
+
+
+def _positive(path: Path, where: str, key: str, value) -> float:
+    """``value`` as a float (YAML reads ``2.0e9`` as a string), or a ``ClusterError`` when it is
+    not a positive number."""
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0:
+        raise ClusterError(f"cluster file '{path}': {where}'{key}' must be a positive number, not {value!r}")
+    return number

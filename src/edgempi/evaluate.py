@@ -9,6 +9,7 @@ report appear only when the whole split is done.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from .agreement import first_difference
 from .cli import JobParser, job_parser, run_job
 from .data import DataError
 from .files import atomic_path
@@ -42,13 +44,30 @@ def parser() -> JobParser:
 
 
 class Parts:
-    """The finished batches of an evaluation, one ``.npz`` per batch (rank 0 only)."""
+    """The finished batches of an evaluation, one ``.npz`` per batch, and ``job.json``: the
+    identity of the job that wrote them (model, weights, data; rank 0 only)."""
 
-    def __init__(self, output: str, resume: bool):
+    def __init__(self, output: str, resume: bool, identity: dict):
         self.folder = Path(f"{output}.parts")
         if self.folder.exists() and not resume:
             shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        written_by = self.folder / "job.json"
+        if written_by.exists():
+            try:
+                saved = dict(json.loads(written_by.read_text()))
+            except (OSError, ValueError, TypeError):
+                raise DataError(f"'{written_by}' is unreadable: run without --resume") from None
+            difference = first_difference(identity, saved)
+            if difference is not None:
+                field, ours, theirs = difference
+                raise DataError(
+                    f"saved batches in '{self.folder}' are of another job ({field} {theirs!r}, "
+                    f"this job's is {ours!r}): run without --resume"
+                )
+        elif self.folder.exists() and any(self.folder.glob("batch-*.npz")):
+            raise DataError(f"saved batches in '{self.folder}' do not say which job wrote them: run without --resume")
+        with atomic_path(written_by) as tmp:
+            tmp.write_text(json.dumps(identity) + "\n")
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices and logits of every saved batch, in index order."""
@@ -138,7 +157,7 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
         if comm.rank != 0:
             return wanted, None, None, None
         reference = load_reference(args.reference, wanted, config.num_classes) if args.reference else None
-        parts = Parts(args.output, args.resume)
+        parts = Parts(args.output, args.resume, job.record.job_identity())
         done, _ = parts.load()
         foreign = np.setdiff1d(done, wanted)
         if len(foreign):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .agreement import RankRecord, check_agreement, rank_record
 from .calibration import profile_job
 from .comm import Communicator, Tag, collectively
 from .config import Config
@@ -37,6 +38,7 @@ class Job:
     trunk: Trunk  # the trunk's row geometry for this image
     profile: Profile | None  # on rank 0
     runtime: Runtime
+    record: RankRecord  # what this rank runs with (software, weights, data)
 
 
 def _model(config: Config, with_head: bool) -> torch.nn.Module:
@@ -46,16 +48,27 @@ def _model(config: Config, with_head: bool) -> torch.nn.Module:
     return model
 
 
+def _agree(comm: Communicator, config: Config, data: ImageSet) -> RankRecord:
+    """This rank's record; rank 0 gathers every rank's and stops the job (``JobError`` on every
+    rank) where one differs from its own. Collective: every rank of ``comm`` calls it."""
+    record = rank_record(config, data.images)
+    records = comm.gather(record, root=0)
+    collectively(comm, lambda: check_agreement(records) if comm.rank == 0 else None)
+    return record
+
+
 def prepare(comm: Communicator, config: Config) -> Job:
-    """Open the data, build the model, profile the ranks and broadcast rank 0's plan."""
+    """Open the data, build the model, check that every rank runs the same software, weights and
+    data, profile the ranks and broadcast rank 0's plan."""
     comm.poll_s = config.poll_us / 1e6
     torch.set_num_threads(config.threads)
     data = collectively(comm, lambda: ImageSet(config.data, config.in_channels, config.mean, config.std))
     image = (config.in_channels, data.height, data.width)
     classifier = comm.rank == config.classifier_rank
     model = collectively(comm, lambda: _model(config, with_head=classifier))
+    record = _agree(comm, config, data)
     stages = nhwc(model).stages()
-    trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size))
+    trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size, config.min_rows))
     head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
     profile = collectively(comm, lambda: profile_job(comm, config, stages, image, trunk.shapes[-1], head))
 
@@ -74,7 +87,7 @@ def prepare(comm: Communicator, config: Config) -> Job:
         ).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head, config.overlap_halo))
+    return Job(config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head, config.overlap_halo), record)
 
 
 @dataclass

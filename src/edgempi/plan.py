@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         image = (config.in_channels, *args.image)
         trunk = trunk_geometry(config.model, stages, image, 1)
         costs = cost_model(args, config, model, trunk, 1)
-        trunk_geometry(config.model, stages, image, costs.ranks)
+        trunk_geometry(config.model, stages, image, costs.ranks, config.min_rows)
         start = time.perf_counter()
         plan = make_plan(
             config.model,

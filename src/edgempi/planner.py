@@ -353,13 +353,21 @@ def _check_ranks(ranks: int, height: int) -> None:
         raise PlanError(f"{ranks} ranks but the image has only {height} rows: use at most {height} ranks")
 
 
-def trunk_geometry(model_name: str, stages, image: tuple[int, int, int], ranks: int) -> Trunk:
-    """The trunk's geometry for this image, or a ``PlanError`` saying why it cannot be split."""
+def trunk_geometry(model_name: str, stages, image: tuple[int, int, int], ranks: int, min_rows: int = 1) -> Trunk:
+    """The trunk's geometry for this image, or a ``PlanError`` saying why it cannot be split
+    (among the reasons: a smallest strip of ``min_rows`` thicker than some feature map)."""
     _check_ranks(ranks, image[1])
     try:
-        return Trunk.from_stages(stages, image)
+        trunk = Trunk.from_stages(stages, image)
     except ValueError as exc:
         raise PlanError(f"a {image[1]}x{image[2]} image is too small for {model_name}: {exc}") from None
+    thinnest = min(shape[1] for shape in trunk.shapes[1:])
+    if min_rows > thinnest:
+        raise PlanError(
+            f"min_rows {min_rows} is more than the {thinnest} rows of {model_name}'s smallest feature map "
+            f"at {image[1]}x{image[2]}: no rank could own a strip"
+        )
+    return trunk
 
 
 def make_plan(
