@@ -87,7 +87,9 @@ def prepare(comm: Communicator, config: Config) -> Job:
         ).to_dict()
 
     plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head, config.overlap_halo), record)
+    return Job(
+        config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head, config.overlap_halo), record
+    )
 
 
 @dataclass
