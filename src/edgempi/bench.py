@@ -20,7 +20,7 @@ from .data import synth
 from .files import atomic_path
 from .launcher import mpirun
 
-MODELS = ("vgg16", "resnet34")
+MODELS = ("vgg16", "resnet34", "vgg16_compact", "resnet34_compact")
 COLUMNS = (
     "1 process, 1 thread",
     "1 process, 2 threads",

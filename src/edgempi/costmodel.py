@@ -8,7 +8,8 @@ beside it. In the last block every rank also multiplies its strip by its columns
 first Linear and sends that partial product to the classifier rank, which adds them up and runs
 the rest of the head.
 Every map sum inside a block (a channel attention's mean) costs every rank one
-Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link.
+Allreduce of the partial sums: ``2 log2(ranks)`` steps over the slowest link, and the wait
+for the slowest rank that every synchronisation pays (the profile's jitter).
 
 ``StripCosts`` is what the strategies and the planner ask: how long rank ``k`` takes for rows
 ``lo..hi`` of one fused block, its halo included.
@@ -305,10 +306,13 @@ class StripCosts:
 
 def _fixed_s(trunk: Trunk, costs: CostModel, first: int, end: int, batch: int) -> np.ndarray:
     """Per rank: the seconds of block ``first..end`` that do not grow with its rows (every stage
-    call, and an Allreduce for every map sum)."""
+    call, and for every map sum an Allreduce, which like a block boundary also waits for the
+    slowest rank: the jitter)."""
     fixed = costs.stage_fixed_s[:, first:end].sum(axis=1)
     sums = sum(trunk.map_sums[first:end])
-    return fixed + sums * costs.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch) if sums else fixed
+    if not sums or costs.ranks == 1:
+        return fixed
+    return fixed + sums * (costs.allreduce_s(REDUCED_BYTES_PER_IMAGE * batch) + costs.jitter_s)
 
 
 def least_compute_s(trunk: Trunk, costs: CostModel, first: int, end: int, batch: int = 1, min_rows: int = 1) -> float:
