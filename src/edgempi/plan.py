@@ -2,7 +2,9 @@
 
 Prints the chosen plan (block, stages, rows per rank, predicted compute / halo / wait), its
 predicted latency and speedup against the fastest single device and against the bound
-``sum(speed) / speed(fastest)``; ``--compare`` prints every strategy x fusion pair.
+``sum(speed) / speed(fastest)``; ``--compare`` prints every strategy x fusion pair. With
+``--objective throughput`` it prints the chosen layout (groups of ranks, each with its plan) and
+every candidate layout's predicted images per second and latency, and the refused ones with why.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 import torch
 
 from .cluster import load_cluster
-from .config import load_config
+from .config import OBJECTIVES, load_config
 from .costmodel import CostModel, Trunk
 from .errors import exit_status
 from .files import atomic_path
 from .head import head_weight_bytes
+from .layout import Choice, LayoutPlanner, describe_groups
 from .models import build_model
 from .partition import STRATEGIES
 from .planner import Plan, make_plan, trunk_geometry
@@ -97,6 +100,31 @@ def compare(trunk: Trunk, costs: CostModel, model: str, classifier: int, batch: 
     return rows
 
 
+def describe_layouts(choice: Choice, trunk: Trunk, single_s: float, bound: float) -> str:
+    """Every candidate layout (the chosen one marked), the refused ones, then the chosen one's plans."""
+    best = choice.best
+    lines = [f"{'layout':<24} {'groups':>6} {'img/s':>8} {'latency_ms':>10}"]
+    for layout in sorted(choice.candidates, key=lambda layout: -layout.throughput_img_s):
+        mark = "  <- chosen" if layout is best else ""
+        lines.append(
+            f"{layout.name():<24} {len(layout.groups):>6} {layout.throughput_img_s:>8.3f} "
+            f"{1e3 * layout.latency_s:>10.1f}{mark}"
+        )
+    for refused in choice.refused:
+        lines.append(f"{describe_groups(refused.groups):<24} refused: {refused.reason}")
+    lines.append(
+        f"\nchosen layout {best.name()}: {best.throughput_img_s:.3f} img/s predicted, "
+        f"latency {1e3 * best.latency_s:.1f} ms"
+    )
+    for index, (group, plan, classifier) in enumerate(zip(best.groups, best.plans, best.classifiers())):
+        lines.append(
+            f"\ngroup {index}: ranks {describe_groups([group])} as the plan's ranks 0..{len(group) - 1}, "
+            f"classifier rank {classifier}"
+        )
+        lines.append(describe(plan, trunk, single_s, bound))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.plan", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -109,11 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy")
     parser.add_argument("--fusion")
     parser.add_argument("--compare", action="store_true", help="every strategy x fusion pair")
+    parser.add_argument("--objective", choices=OBJECTIVES, help="latency (default): one plan of all ranks; throughput")
+    parser.add_argument("--max-latency-ms", type=float, help="throughput: only layouts whose latency stays under this")
     parser.add_argument("--json", help="write the plan (and comparison) as JSON")
     args = parser.parse_args(argv)
 
     def run() -> int | None:
-        config = load_config(args.config, strategy=args.strategy, fusion=args.fusion)
+        config = load_config(
+            args.config,
+            strategy=args.strategy,
+            fusion=args.fusion,
+            objective=args.objective,
+            max_latency_ms=args.max_latency_ms,
+        )
         with torch.device("meta"):  # shapes only: no weights are drawn
             model = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
         stages = model.stages()
@@ -121,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         trunk = trunk_geometry(config.model, stages, image, 1)
         costs = cost_model(args, config, model, trunk, 1)
         trunk_geometry(config.model, stages, image, costs.ranks)
+        single_s, bound = baseline(trunk, costs, config.classifier_rank)
+        if config.objective == "throughput":
+            return plan_layout(args, config, trunk, costs, single_s, bound)
         start = time.perf_counter()
         plan = make_plan(
             config.model,
@@ -133,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             config.min_rows,
         )
         planning_s = time.perf_counter() - start
-        single_s, bound = baseline(trunk, costs, config.classifier_rank)
         print(describe(plan, trunk, single_s, bound))
         print(f"planned in {planning_s:.3f} s")
         result = {"plan": plan.to_dict(), "single_device_s": single_s, "bound": bound, "planning_s": planning_s}
@@ -148,10 +186,31 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['speedup']:>7.2f}x {r['blocks']:>6}{mark}"
                 )
         if args.json:
-            with atomic_path(args.json) as tmp:
-                tmp.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
 
     return exit_status(run)
+
+
+def plan_layout(args, config, trunk: Trunk, costs: CostModel, single_s: float, bound: float) -> None:
+    start = time.perf_counter()
+    max_latency_s = None if config.max_latency_ms is None else config.max_latency_ms / 1e3
+    choice = LayoutPlanner(trunk, costs, config).choose(max_latency_s)
+    planning_s = time.perf_counter() - start
+    print(describe_layouts(choice, trunk, single_s, bound))
+    print(f"planned {len(choice.candidates) + len(choice.refused)} layouts in {planning_s:.3f} s")
+    if args.json:
+        candidates = [
+            {"groups": layout.groups, "throughput_img_s": layout.throughput_img_s, "latency_s": layout.latency_s}
+            for layout in choice.candidates
+        ]
+        refused = [{"groups": r.groups, "reason": r.reason} for r in choice.refused]
+        result = {"layout": choice.best.to_dict(), "candidates": candidates, "refused": refused}
+        write_json(args.json, {**result, "single_device_s": single_s, "bound": bound, "planning_s": planning_s})
+
+
+def write_json(path: str, result: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
