@@ -46,6 +46,12 @@ def job_parser(prog: str, description: str) -> JobParser:
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
+    p.add_argument(
+        "--objective",
+        help="latency (infer's default): every image across all ranks; throughput "
+        "(evaluate's default): the ranks in groups, each on its own batches",
+    )
+    p.add_argument("--max-latency-ms", type=float, help="throughput: only layouts whose latency stays under this")
     p.add_argument("--report", help="JSON report")
     return p
 
@@ -63,6 +69,8 @@ def job_config(args: argparse.Namespace) -> Config:
         profile=args.profile,
         threads=args.threads,
         poll_us=args.poll_us,
+        objective=args.objective,
+        max_latency_ms=args.max_latency_ms,
     )
 
 

@@ -211,6 +211,19 @@ class LayoutPlanner:
         return Choice(best, candidates, refused)
 
 
-def single_group(plan: Plan, batch: int) -> Layout:
-    """Today's layout: every rank in one group, ``plan`` (for batches of ``batch``) over all of them."""
-    return Layout([list(range(plan.world_size))], [plan], batch)
+def config_plan(trunk: Trunk, costs: CostModel, config: Config) -> Plan:
+    """Every rank in one plan, with the config's model, strategy, fusion, classifier rank, batch
+    size and smallest strip: today's plan."""
+    c = config
+    return make_plan(c.model, trunk, costs, c.strategy, c.fusion, c.classifier_rank, c.batch_size, c.min_rows)
+
+
+def job_layout(config: Config, trunk: Trunk, costs: CostModel, ranks: int) -> Layout:
+    """``objective: latency``: one group of every rank, ``config_plan``; ``throughput``: the
+    groups of ``config.layout``, else the planner's best layout under ``config.max_latency_ms``."""
+    if config.objective != "throughput":
+        return Layout([list(range(ranks))], [config_plan(trunk, costs, config)], config.batch_size)
+    planner = LayoutPlanner(trunk, costs, config)
+    if config.layout:
+        return planner.layout(parse_groups(config.layout, ranks))
+    return planner.choose(None if config.max_latency_ms is None else config.max_latency_ms / 1e3).best

@@ -23,7 +23,7 @@ from .costmodel import CostModel, Trunk
 from .errors import exit_status
 from .files import atomic_path
 from .head import head_weight_bytes
-from .layout import Choice, LayoutPlanner, describe_groups
+from .layout import Choice, LayoutPlanner, config_plan, describe_groups
 from .models import build_model
 from .partition import STRATEGIES
 from .planner import Plan, make_plan, trunk_geometry
@@ -161,16 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.objective == "throughput":
             return plan_layout(args, config, trunk, costs, single_s, bound)
         start = time.perf_counter()
-        plan = make_plan(
-            config.model,
-            trunk,
-            costs,
-            config.strategy,
-            config.fusion,
-            config.classifier_rank,
-            config.batch_size,
-            config.min_rows,
-        )
+        plan = config_plan(trunk, costs, config)
         planning_s = time.perf_counter() - start
         print(describe(plan, trunk, single_s, bound))
         print(f"planned in {planning_s:.3f} s")
