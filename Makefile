@@ -31,7 +31,7 @@ export OMP_NUM_THREADS := 1
 # The tests and benchmarks start this launcher too (edgempi.launcher).
 export MPIEXEC
 
-.PHONY: install data run check-hostfile lint test test-serial test-mpi bench cluster-up cluster-down bench-cluster clean \
+.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster clean \
 	neu train accuracy
 
 install: $(VENV)/.installed
@@ -70,6 +70,10 @@ lint: install
 
 bench: install
 	$(PY) -m edgempi.bench --out results/bench.json
+
+# Batch throughput at -np 2: groups (objective throughput) vs two single processes vs all ranks spatial.
+bench-throughput: install
+	$(PY) -m edgempi.bench --throughput --out results/bench-throughput.json
 
 # The emulated edge cluster (root): namespaces, shaped links and CPU quotas from $(CLUSTER)
 # (a packaged cluster's name or a cluster file).
@@ -112,7 +116,8 @@ accuracy: $(NEU)
 	done; s=$(firstword $(SEEDS)); \
 		$(MPIEXEC) $(OVERSUBSCRIBE) -np 2 $(PY) -m mpi4py -m edgempi.evaluate --config $$m \
 			--data $(NEU) --weights $(WEIGHTS)/$$m-seed$$s.pt --output results/accuracy/$$m-seed$$s-np2.h5 \
-			--report results/accuracy/$$m-seed$$s-np2.json --reference results/accuracy/$$m-seed$$s-np1.h5 || exit; \
+			--report results/accuracy/$$m-seed$$s-np2.json --reference results/accuracy/$$m-seed$$s-np1.h5 \
+			--objective latency || exit; \
 	done
 	$(PY) scripts/accuracy-table $(MODELS)
 
