@@ -22,7 +22,7 @@ from .config import Config
 from .costmodel import Trunk
 from .data import ImageSet
 from .geometry import is_empty
-from .head import classifier_head
+from .head import classifier_head, loaded_head_bytes
 from .layout import Layout, job_layout
 from .models import build_model, load_weights
 from .planner import Plan, trunk_geometry
@@ -71,7 +71,14 @@ def prepare(comm: Communicator, config: Config) -> Job:
     profile = collectively(comm, lambda: profile_job(comm, config, stages, image, trunk.shapes[-1], head))
 
     def layout():
-        return job_layout(config, trunk, profile.cost_model(), comm.size).to_dict() if comm.rank == 0 else None
+        if comm.rank != 0:
+            return None
+        extra = 0.0  # throughput: a rank that becomes a group's classifier loads the head too
+        if config.objective == "throughput":
+            with torch.device("meta"):
+                whole = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
+            extra = loaded_head_bytes(whole, *trunk.shapes[-1])
+        return job_layout(config, trunk, profile.cost_model(head_bytes=extra), comm.size).to_dict()
 
     layout = Layout.from_dict(comm.bcast(collectively(comm, layout), root=0))
     index = layout.group_of(comm.rank)

@@ -22,7 +22,7 @@ from .config import OBJECTIVES, load_config
 from .costmodel import CostModel, Trunk
 from .errors import exit_status
 from .files import atomic_path
-from .head import head_weight_bytes
+from .head import head_weight_bytes, loaded_head_bytes
 from .layout import Choice, LayoutPlanner, config_plan, describe_groups
 from .models import build_model
 from .partition import STRATEGIES
@@ -42,7 +42,8 @@ def _image(text: str) -> tuple[int, int]:
 
 def cost_model(args, config, model, trunk: Trunk, ranks_hint: int) -> CostModel:
     if args.profile:
-        return Profile.load(args.profile).cost_model()
+        extra = loaded_head_bytes(model, *trunk.shapes[-1]) if config.objective == "throughput" else 0.0
+        return Profile.load(args.profile).cost_model(head_bytes=extra)
     cluster = load_cluster(args.cluster)
     trunk_bytes = sum(
         p.numel() * p.element_size() for name, p in model.named_parameters() if not name.startswith(model.head_prefixes)
