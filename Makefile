@@ -28,6 +28,9 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # Oversubscribed ranks must yield the core instead of spinning in MPI waits.
 export OMPI_MCA_mpi_yield_when_idle := 1
 export OMP_NUM_THREADS := 1
+# The batch counter's one-sided window: without UCX devices, Open MPI's osc/ucx prints an error when
+# it declines (the shared-memory or rdma component serves); leaving it out keeps the output clean.
+export OMPI_MCA_osc := ^ucx
 # The tests and benchmarks start this launcher too (edgempi.launcher).
 export MPIEXEC
 
