@@ -11,10 +11,11 @@ from .communicator import Communicator
 class BatchCounter:
     """Batch numbers 0, 1, 2, ... each handed to exactly one caller of ``take``, whichever rank
     of ``comm`` asks first: one int64 on rank 0 that an atomic fetch-and-add (MPI one-sided,
-    passive target) moves on. Rank 0 takes no part in another rank's ``take``: within one
-    machine (Open MPI's shared-memory windows) the add is done by the caller; across machines
-    the MPI library may wait until rank 0 next enters MPI, which a rank that splits images does
-    every block. The wait follows ``comm``'s way of waiting.
+    passive target) moves on. Rank 0 takes no part in another rank's ``take``: with Open MPI
+    5.0 a ``take`` while rank 0 computed outside MPI for 2 s returned at once, both through
+    shared memory (osc/sm) and over TCP (osc/rdma, btl tcp); an MPI library that progresses
+    one-sided operations only inside the target's MPI calls would wait for rank 0's next one
+    (every block when it splits images). The wait follows ``comm``'s way of waiting.
 
     Creating one and ``free`` are collective over ``comm``: every rank calls them.
     """
