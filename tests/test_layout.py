@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from edgempi.config import Config
 from edgempi.costmodel import Trunk, model_from_speeds
-from edgempi.layout import LayoutError, LayoutPlanner, groupings, parse_groups
+from edgempi.layout import LayoutError, LayoutPlanner, groupings, job_layout, parse_groups
 from edgempi.models import build_model
 from edgempi.planner import make_plan
 
@@ -85,8 +85,13 @@ def test_groupings_are_runs_of_the_speed_order():
         assert sorted(rank for group in layout for rank in group) == list(range(64))
 
 
-def test_layouts_given_by_hand():
+def test_layouts_given_by_hand(trunk):
     assert parse_groups("1,0/2/3", 4) == [[1, 0], [2], [3]]
+    costs = cluster(trunk, [1.0, 2.0, 1.0, 1.0])
+    layout = job_layout(Config(model="vgg11", objective="throughput", layout="1,0/2/3"), trunk, costs, 4)
+    assert layout.groups == [[1, 0], [2], [3]] and layout.classifiers() == [1, 2, 3]
+    with pytest.raises(LayoutError, match="needs objective throughput"):
+        job_layout(Config(model="vgg11", objective="latency", layout="1,0/2/3"), trunk, costs, 4)
     for text in ("0,1/2", "0,1/1,2/3", "a/b"):
         with pytest.raises(LayoutError, match="layout"):
             parse_groups(text, 4)

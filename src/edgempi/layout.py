@@ -222,6 +222,8 @@ def job_layout(config: Config, trunk: Trunk, costs: CostModel, ranks: int) -> La
     """``objective: latency``: one group of every rank, ``config_plan``; ``throughput``: the
     groups of ``config.layout``, else the planner's best layout under ``config.max_latency_ms``."""
     if config.objective != "throughput":
+        if config.layout:
+            raise LayoutError(f"layout '{config.layout}' needs objective throughput, not {config.objective}")
         return Layout([list(range(ranks))], [config_plan(trunk, costs, config)], config.batch_size)
     planner = LayoutPlanner(trunk, costs, config)
     if config.layout:
