@@ -118,10 +118,12 @@ def run_batches(
     """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
     Each group of the layout takes the next batch (a ``BatchCounter`` number) when it finishes
-    one, so every batch is done exactly once and faster groups do more. Rank 0 gets each batch's
-    logits from its group's classifier as it finishes (between its own batches) and hands them
-    to ``on_batch``. A batch's latency runs from its group's leader handing out its number to
-    the logits on the classifier; the warm-up batches before it are not counted.
+    one, so every batch is done exactly once and faster groups do more; a group that overlaps
+    its batches (``Layout.overlapped``) takes it when it starts one, so that its other ranks go
+    on to the next batch while the classifier runs the rest of the head. Rank 0 gets each
+    batch's logits from its group's classifier as it finishes (between its own batches) and
+    hands them to ``on_batch``. A batch's latency runs from its start on the classifier rank to
+    its logits there; the warm-up batches before it are not counted.
     ``max_batches`` stops early. Collective over ``comm``: every rank calls it.
     """
     runtime, rows, group = job.runtime, job.runtime.input_rows, job.group
@@ -146,15 +148,21 @@ def run_batches(
             on_batch(indices[slice(*batches[number])], logits)
 
     sends, latencies, done = [], {}, []  # done: batch numbers this rank's group finished
-    number = np.zeros(1, np.int64)
-    began = time.perf_counter()
-    while True:
+    overlap = job.layout.overlapped and group.size > 1
+
+    def announce(number: np.ndarray):
+        """The group's leader takes the next batch number and the group learns it (the request)."""
         if group.rank == 0:
             number[0] = counter.take()
-        group.bcast_array(number)
-        if number[0] >= len(batches):
-            break
-        tick, current = time.perf_counter(), int(number[0])
+        return group.start_bcast_array(number)
+
+    numbers, turn = (np.zeros(1, np.int64), np.zeros(1, np.int64)), 0
+    began = time.perf_counter()
+    group.wait_all([announce(numbers[turn])])
+    while (current := int(numbers[turn][0])) < len(batches):
+        turn = 1 - turn
+        ahead = announce(numbers[turn]) if overlap else None  # the next number, known by the end of this batch
+        tick = time.perf_counter()
         out = infer(*batches[current])
         done.append(current)
         if runtime.is_classifier:
@@ -165,6 +173,7 @@ def run_batches(
                 sends.append(comm.isend_object((current, out.numpy()), 0, Tag.LOGITS))
         while comm.rank == 0 and (message := comm.recv_any_object(Tag.LOGITS, block=False)) is not None:
             collect(*message)
+        group.wait_all([ahead if overlap else announce(numbers[turn])])
     busy_s = time.perf_counter() - began
     while comm.rank == 0 and len(collected) < len(batches):
         collect(*comm.recv_any_object(Tag.LOGITS))

@@ -7,13 +7,19 @@ batch when they finish, so a layout's predicted throughput is the sum over its g
 A layout is refused when a rank cannot hold what it puts there (a one-rank group: the whole
 model; in a larger group the classifier holds the trunk and the whole head, every other rank
 the trunk and its share of the head) or, given a bound, when a group's latency is over it.
+
+A group of several ranks overlaps its batches: while the classifier runs the rest of the head
+of batch k, the other ranks start batch k+1. It is planned for its period, the time between
+two batches' logits (``overlapped``): the classifier starts each batch's first block later by
+the head's rest, and no block waits for the head after the slowest rank. An image's latency is
+that period and the head's rest.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,13 +39,20 @@ class Layout:
     """Groups of world ranks (each in its plan's rank order) and each group's plan over them."""
 
     groups: list[list[int]]
-    plans: list[Plan]
+    plans: list[Plan]  # a group that overlaps its batches: predicting its period
     batch: int
+    lags_s: list[float] = field(default_factory=list)  # per group: logits this long after its period; empty: no overlap
+
+    @property
+    def overlapped(self) -> bool:
+        """Whether groups of several ranks start the next batch while their classifier finishes the head."""
+        return bool(self.lags_s)
 
     @property
     def latencies_s(self) -> list[float]:
         """Each group's predicted latency of one batch."""
-        return [plan.predicted_latency_s for plan in self.plans]
+        lags = self.lags_s or [0.0] * len(self.plans)
+        return [plan.predicted_latency_s + lag for plan, lag in zip(self.plans, lags)]
 
     @property
     def latency_s(self) -> float:
@@ -48,7 +61,8 @@ class Layout:
 
     @property
     def throughputs_img_s(self) -> list[float]:
-        return [self.batch / seconds for seconds in self.latencies_s]
+        """Each group's predicted images per second: a batch every period."""
+        return [self.batch / plan.predicted_latency_s for plan in self.plans]
 
     @property
     def throughput_img_s(self) -> float:
@@ -67,11 +81,12 @@ class Layout:
         return describe_groups(self.groups)
 
     def to_dict(self) -> dict:
-        return {"groups": self.groups, "plans": [plan.to_dict() for plan in self.plans], "batch": self.batch}
+        plans = [plan.to_dict() for plan in self.plans]
+        return {"groups": self.groups, "plans": plans, "batch": self.batch, "lags_s": self.lags_s}
 
     @classmethod
     def from_dict(cls, data: dict) -> Layout:
-        return cls(data["groups"], [Plan.from_dict(p) for p in data["plans"]], data["batch"])
+        return cls(data["groups"], [Plan.from_dict(p) for p in data["plans"]], data["batch"], data["lags_s"])
 
 
 @dataclass
@@ -165,6 +180,8 @@ class LayoutPlanner:
         if reason:
             raise PlanError(reason)
         costs = self.costs.subset(list(group))
+        if len(group) > 1:
+            costs = overlapped(costs, classifier)
         key = (classifier, *(np.asarray(a).tobytes() for a in vars(costs).values() if isinstance(a, np.ndarray)))
         if key not in self._plans:
             try:
@@ -187,7 +204,8 @@ class LayoutPlanner:
         """The layout of these groups (``PlanError`` when one cannot be planned)."""
         classifiers = classifiers or [None] * len(groups)
         plans = [self.group_plan(group, c) for group, c in zip(groups, classifiers)]
-        return Layout([list(group) for group in groups], plans, self.config.batch_size)
+        lags = [self.costs.head_rest_s if len(group) > 1 else 0.0 for group in groups]
+        return Layout([list(group) for group in groups], plans, self.config.batch_size, lags)
 
     def choose(self, max_latency_s: float | None = None) -> Choice:
         """The candidate layout (``groupings``) of the most predicted images per second whose
@@ -209,6 +227,14 @@ class LayoutPlanner:
             raise LayoutError(f"no layout of the {self.costs.ranks} ranks can run this job ({reasons})")
         best = max(candidates, key=lambda layout: (layout.throughput_img_s, -layout.latency_s))
         return Choice(best, candidates, refused)
+
+
+def overlapped(costs: CostModel, classifier: int) -> CostModel:
+    """The costs of a group that overlaps its batches, per batch: the classifier's first stage
+    starts after the rest of the head of the batch before, which no longer follows the block."""
+    fixed = costs.stage_fixed_s.copy()
+    fixed[classifier, 0] += costs.head_rest_s
+    return replace(costs, stage_fixed_s=fixed, head_rest_s=0.0)
 
 
 def config_plan(trunk: Trunk, costs: CostModel, config: Config) -> Plan:

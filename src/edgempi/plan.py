@@ -117,10 +117,12 @@ def describe_layouts(choice: Choice, trunk: Trunk, single_s: float, bound: float
         f"\nchosen layout {best.name()}: {best.throughput_img_s:.3f} img/s predicted, "
         f"latency {1e3 * best.latency_s:.1f} ms"
     )
-    for index, (group, plan, classifier) in enumerate(zip(best.groups, best.plans, best.classifiers())):
+    groups = zip(best.groups, best.plans, best.classifiers(), best.lags_s)
+    for index, (group, plan, classifier, lag) in enumerate(groups):
         lines.append(
             f"\ngroup {index}: ranks {describe_groups([group])} as the plan's ranks 0..{len(group) - 1}, "
             f"classifier rank {classifier}"
+            + (f"; overlapping batches: planned for its period, logits {1e3 * lag:.1f} ms after it" if lag else "")
         )
         lines.append(describe(plan, trunk, single_s, bound))
     return "\n".join(lines)

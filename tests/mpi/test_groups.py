@@ -43,10 +43,8 @@ def images_file():
     return folder / "s.h5"
 
 
-@pytest.mark.mpi(min_size=2)
-def test_groups_of_unequal_speed_infer_every_image_once_as_plain_torch(comm, images_file):
-    layout = {2: "0/1", 4: "1,0/2/3"}[comm.size]  # group 0 splits each image over ranks 1 and 0
-    config = Config(
+def job_config(comm, images_file, layout: str) -> Config:
+    return Config(
         model="resnet18_compact",
         data=str(images_file),
         batch_size=2,
@@ -56,7 +54,12 @@ def test_groups_of_unequal_speed_infer_every_image_once_as_plain_torch(comm, ima
         objective="throughput",
         layout=layout,
     )
-    job = prepare(comm, config)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_groups_of_unequal_speed_infer_every_image_once_as_plain_torch(comm, images_file):
+    layout = {2: "0/1", 4: "1,0/2/3"}[comm.size]  # group 0 splits each image over ranks 1 and 0
+    job = prepare(comm, job_config(comm, images_file, layout))
     if job.layout.group_of(comm.rank) == job.layout.group_of(comm.size - 1):  # the last group is slow
         forward = job.runtime.forward
 
@@ -79,3 +82,36 @@ def test_groups_of_unequal_speed_infer_every_image_once_as_plain_torch(comm, ima
     with torch.inference_mode():
         plain = build_model("resnet18_compact", seed=0)(data.read_indices(indices, (0, data.height))).numpy()
     np.testing.assert_allclose(results.logits, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_group_starts_the_next_batch_while_its_classifier_finishes_the_head(comm, images_file):
+    """The classifier's rest of the head is slowed down; the other ranks still start each next
+    batch before the classifier has the logits of the one before (an order of events)."""
+    job = prepare(comm, job_config(comm, images_file, ",".join(map(str, range(comm.size)))))
+    events = []
+    if job.runtime.is_classifier:
+        finish = job.runtime.head.finish
+
+        def slowly(total):
+            time.sleep(0.2)
+            logits = finish(total)
+            events.append(time.time())  # the logits are there
+            return logits
+
+        job.runtime.head.finish = slowly
+    else:
+        forward = job.runtime.forward
+
+        def started(x, batch):
+            events.append(time.time())
+            return forward(x, batch)
+
+        job.runtime.forward = started
+    run_batches(comm, job, np.arange(8))  # 4 batches
+    everyone = comm.allgather(events)
+    classifier = job.layout.classifiers()[0]
+    for rank, starts in enumerate(everyone):
+        if rank != classifier:
+            assert len(starts) == 4
+            assert all(starts[k + 1] < everyone[classifier][k] for k in range(3)), (rank, starts, everyone[classifier])

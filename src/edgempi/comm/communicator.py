@@ -99,7 +99,12 @@ class Communicator:
 
     def bcast_array(self, array: np.ndarray, root: int = 0) -> None:
         """Give every rank ``root``'s ``array`` (in place). Collective: every rank calls it."""
-        self.wait_all([self.mpi.Ibcast(array, root=root)])
+        self.wait_all([self.start_bcast_array(array, root)])
+
+    def start_bcast_array(self, array: np.ndarray, root: int = 0):
+        """``bcast_array`` without waiting: ``array`` is ``root``'s once the request is done
+        (``wait_all``). Collective: every rank calls it, in the same order as other collectives."""
+        return self.mpi.Ibcast(array, root=root)
 
     def round_trip_s(self, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
         """Median seconds for ``nbytes`` to go to ``peer`` and back; ``peer`` calls it with
