@@ -189,22 +189,21 @@ def run_batches(
     stacked = [collected[n] for n in range(len(batches))]
     logits = np.concatenate(stacked).astype(np.float32) if stacked else np.zeros((0, 0), np.float32)
     all_latencies = {n: s for report in reports for n, s in report["latencies"].items()}
-    groups = []
-    for members in job.layout.groups:
-        leader = reports[members[0]]
-        groups.append(
-            {
-                "ranks": members,
-                "batches": len(leader["done"]),
-                "images": sum(batches[n][1] - batches[n][0] for n in leader["done"]),
-                "busy_s": leader["busy_s"],
-            }
-        )
     return Results(
         indices[:done_count],
         logits,
         [all_latencies[n] for n in range(len(batches))],
         elapsed,
         [report["timings"] for report in reports],
-        groups,
+        [_group_summary(members, reports[members[0]], batches) for members in job.layout.groups],
     )
+
+
+def _group_summary(members: list[int], leader: dict, batches: list[tuple[int, int]]) -> dict:
+    """A group's ranks, and the batches, images and seconds busy its leader reported."""
+    return {
+        "ranks": members,
+        "batches": len(leader["done"]),
+        "images": sum(batches[n][1] - batches[n][0] for n in leader["done"]),
+        "busy_s": leader["busy_s"],
+    }
