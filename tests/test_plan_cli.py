@@ -78,7 +78,7 @@ def test_plan_a_throughput_layout_lists_candidates_and_refusals(tmp_path, capsys
     args = ["--config", "vgg16", "--cluster", "pi-small-memory", "--objective", "throughput", "--json", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "0/1/2                    refused: rank 2 has 300 MB, the whole model needs 408 MB" in printed
+    assert "refused             0/1/2: rank 2 has 300 MB, the whole model needs 408 MB" in printed
     assert printed.count("<- chosen") == 1 and "chosen layout" in printed
     result = json.loads(out.read_text())
     assert {tuple(map(tuple, r["groups"])) for r in result["refused"]} == {((0,), (1,), (2,)), ((0, 1), (2,))}

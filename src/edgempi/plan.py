@@ -104,15 +104,17 @@ def compare(trunk: Trunk, costs: CostModel, model: str, classifier: int, batch: 
 def describe_layouts(choice: Choice, trunk: Trunk, single_s: float, bound: float) -> str:
     """Every candidate layout (the chosen one marked), the refused ones, then the chosen one's plans."""
     best = choice.best
-    lines = [f"{'layout':<24} {'groups':>6} {'img/s':>8} {'latency_ms':>10}"]
+    lines = [f"{'groups':>6} {'img/s':>8} {'latency_ms':>10}  layout"]
     for layout in sorted(choice.candidates, key=lambda layout: -layout.throughput_img_s):
         mark = "  <- chosen" if layout is best else ""
         lines.append(
-            f"{layout.name():<24} {len(layout.groups):>6} {layout.throughput_img_s:>8.3f} "
-            f"{1e3 * layout.latency_s:>10.1f}{mark}"
+            f"{len(layout.groups):>6} {layout.throughput_img_s:>8.3f} {1e3 * layout.latency_s:>10.1f}  "
+            f"{layout.name()}{mark}"
         )
     for refused in choice.refused:
-        lines.append(f"{describe_groups(refused.groups):<24} refused: {refused.reason}")
+        lines.append(
+            f"{len(refused.groups):>6} {'refused':>8} {'':>10}  {describe_groups(refused.groups)}: {refused.reason}"
+        )
     lines.append(
         f"\nchosen layout {best.name()}: {best.throughput_img_s:.3f} img/s predicted, "
         f"latency {1e3 * best.latency_s:.1f} ms"
