@@ -23,6 +23,7 @@ ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "OMPI_MCA_mpi_yield_when_idle": "1",
     "OMP_NUM_THREADS": "1",
+    "OMPI_MCA_osc": "^ucx",
 }
 
 

@@ -75,6 +75,28 @@ def test_interrupted_job_resumes_without_losing_or_repeating_an_image(dataset, t
     assert "same prediction as" in single.stdout and "on 12 of 12 images" in single.stdout
 
 
+def test_resume_across_a_change_of_layout(dataset, tmp_path):
+    """Saved batches are keyed by image, not by rank: a job stopped with every image split across
+    two ranks goes on with three ranks in two groups, and no image is lost or repeated."""
+    common = ["--config", dataset / "c.yaml", "--data", dataset / "s.h5", "--output", tmp_path / "p.h5"]
+    report = tmp_path / "r.json"
+    first = evaluate(2, *common, "--objective", "latency", "--max-batches", 3)
+    assert first.returncode == 0 and "continue with --resume" in first.stderr, first.stderr
+    second = evaluate(3, *common, "--report", report, "--resume", "--layout", "2/0,1")
+    assert second.returncode == 0, second.stderr
+    assert "resuming: 6 images left" in second.stderr
+    assert "layout 2/0,1 (throughput)" in second.stdout
+    wanted = ImageSet(dataset / "s.h5", 1, 0.5, 0.25).indices("test")
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert np.array_equal(f["indices"][:], wanted)
+        logits = f["logits"][:]
+    np.testing.assert_allclose(logits, plain_predictions(dataset / "s.h5", wanted), rtol=1e-4, atol=1e-5)
+    result = json.loads(report.read_text())
+    assert result["layout"]["groups"] == [[2], [0, 1]] and result["evaluated_now"] == 6
+    assert sum(g["images"] for g in result["layout"]["per_group"]) == 6
+    assert [r["group"] for r in result["ranks"]] == [1, 1, 0]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

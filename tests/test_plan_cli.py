@@ -94,3 +94,25 @@ def test_plan_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("edgempi: error: ") and re.search(message, err), err
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_plan_a_throughput_layout_lists_candidates_and_refusals(tmp_path, capsys):
+    out = tmp_path / "layout.json"
+    args = ["--config", "vgg16", "--cluster", "pi-small-memory", "--objective", "throughput", "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "refused             0/1/2: rank 2 has 300 MB, the whole model needs 408 MB" in printed
+    assert printed.count("<- chosen") == 1 and "chosen layout" in printed
+    result = json.loads(out.read_text())
+    assert {tuple(map(tuple, r["groups"])) for r in result["refused"]} == {((0,), (1,), (2,)), ((0, 1), (2,))}
+    best = max(result["candidates"], key=lambda c: c["throughput_img_s"])
+    assert result["layout"]["groups"] == best["groups"]
+    assert [2] not in result["layout"]["groups"]
+    for group, plan in zip(result["layout"]["groups"], result["layout"]["plans"]):
+        assert group[plan["classifier_rank"]] != 2  # the small board never holds the head
+        assert f"ranks {','.join(map(str, group))} as the plan's ranks" in printed
+
+    bound = 1e3 * min(c["latency_s"] for c in result["candidates"]) + 1
+    assert main([*args, "--max-latency-ms", str(bound)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["candidates"]) == 1 and any("is over" in r["reason"] for r in result["refused"])

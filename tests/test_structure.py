@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgempi"
-CORE = ["geometry", "stages", "costmodel", "partition", "planner"]
+CORE = ["geometry", "stages", "costmodel", "partition", "planner", "layout"]
 ENTRY_POINTS = ["infer", "evaluate", "plan", "train", "bench", "bench_cluster"]
 ABOVE_CORE = ["models", "cli", "job", "calibration", "report", *ENTRY_POINTS, "emulate", "profile", "runtime", "comm"]
 

@@ -47,6 +47,12 @@ def job_parser(prog: str, description: str) -> JobParser:
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--overlap", choices=["on", "off"], help="compute interior rows while the halo is in flight (on)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
+    p.add_argument(
+        "--objective",
+        help="latency (infer's default): every image across all ranks; throughput "
+        "(evaluate's default): the ranks in groups, each on its own batches",
+    )
+    p.add_argument("--max-latency-ms", type=float, help="throughput: only layouts whose latency stays under this")
     p.add_argument("--report", help="JSON report")
     return p
 
@@ -65,6 +71,8 @@ def job_config(args: argparse.Namespace) -> Config:
         threads=args.threads,
         poll_us=args.poll_us,
         overlap_halo=None if args.overlap is None else args.overlap == "on",
+        objective=args.objective,
+        max_latency_ms=args.max_latency_ms,
     )
 
 

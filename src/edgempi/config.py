@@ -14,6 +14,8 @@ import yaml
 
 from .errors import EdgempiError
 
+OBJECTIVES = ("latency", "throughput")  # what the ranks' layout minimises: one image's time, or images per second
+
 
 class ConfigError(EdgempiError):
     """A configuration that cannot be used."""
@@ -42,6 +44,9 @@ class Config:
     profile: str | None = None
     warmup_batches: int = 1
     calibration_repeats: int = 3
+    objective: str | None = None  # latency | throughput; None: the entry point's (infer latency, evaluate throughput)
+    max_latency_ms: float | None = None  # throughput: only layouts whose groups' latency stays under this
+    layout: str | None = None  # throughput: these groups of ranks (0,1/2/3) instead of the planner's choice
 
 
 _TYPES = {
@@ -51,6 +56,7 @@ _TYPES = {
     "str": str,
     "str | None": (str, type(None)),
     "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
 }
 _POSITIVE = ("reduction", "in_channels", "num_classes", "batch_size", "threads", "calibration_repeats", "min_rows")
 
@@ -69,6 +75,10 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"config 'std' must be positive, not {config.std}")
     if config.poll_us < 0:
         raise ConfigError("config 'poll_us' must not be negative")
+    if config.objective is not None and config.objective not in OBJECTIVES:
+        raise ConfigError(f"config 'objective' must be one of {', '.join(OBJECTIVES)}, not {config.objective!r}")
+    if config.max_latency_ms is not None and config.max_latency_ms <= 0:
+        raise ConfigError("config 'max_latency_ms' must be positive")
     if config.warmup_batches < 0:
         raise ConfigError("config 'warmup_batches' must not be negative")
     return config

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from .cli import JobParser, job_parser, run_job
 from .data import DataError
 from .files import atomic_path
 from .metrics import class_metrics, percent_with_interval
-from .report import summarize, write_report
+from .report import layout_lines, summarize, write_report
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -40,6 +41,7 @@ def parser() -> JobParser:
     p.add_argument("--resume", action="store_true", help="go on from the batches an earlier run saved")
     p.add_argument("--max-batches", type=int, help="stop after N batches (the rest: --resume)")
     p.add_argument("--reference", help="predictions HDF5 of another run to compare with (e.g. -np 1)")
+    p.add_argument("--layout", help="objective throughput: these groups of ranks (0,1/2/3) instead of the planner's")
     return p
 
 
@@ -145,7 +147,10 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
     from .comm import collectively  # MPI: imported once the command line is read
     from .job import prepare, run_batches
 
-    job = prepare(comm, config)
+    job = prepare(
+        comm, replace(config, objective=config.objective or "throughput", layout=args.layout or config.layout)
+    )
+    config = job.config
     split = None if args.split == "all" else args.split
 
     def todo():
@@ -225,6 +230,7 @@ def print_evaluation(report: dict, confusion: Path) -> None:
             f"latency median {1e3 * report['latency_s']['median']:.1f} ms per batch of {report['batch_size']}, "
             f"{report['throughput_img_s']:.2f} img/s over the {report['evaluated_now']} images run now"
         )
+        print("\n".join(layout_lines(report)))
     if "comparison" in report:
         c = report["comparison"]
         print(

@@ -86,6 +86,12 @@ def time_head(out_features: int, row_columns: int, batch: int, head: HeadRows | 
         return row_s, time.perf_counter() - start
 
 
+def loaded_head_bytes(model: nn.Module, channels: int, height: int, width: int) -> int:
+    """Bytes a classifier rank holds for the head: the folded first Linear and the rest."""
+    folded, rest, _ = head_weight_bytes(model, channels, height, width)
+    return folded + rest
+
+
 def head_weight_bytes(model: nn.Module, channels: int, height: int, width: int) -> tuple[int, int, int]:
     """Bytes of the head per image: the folded first Linear's weights and the rest's (which it
     reads), and one partial product of the first Linear (which a rank sends)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import h5py
@@ -36,7 +37,7 @@ def infer(comm: Communicator, args: Namespace, config: Config) -> None:
     """The whole job; collective over ``comm``."""
     from .job import prepare, run_batches  # MPI: imported once the command line is read
 
-    job = prepare(comm, config)
+    job = prepare(comm, replace(config, objective=config.objective or "latency"))
     count = min(job.data.count, config.limit or job.data.count)
     results = run_batches(comm, job, np.arange(count))
     if comm.rank != 0:

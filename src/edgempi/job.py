@@ -1,5 +1,8 @@
 """One inference job on every rank: set it up (agreeing on bad input), then run its batches.
 
+The ranks work in the groups of a layout (``layout.py``): with ``objective: latency`` one group
+of every rank, with ``throughput`` the planner's groups, each its own spatial plan.
+
 ``prepare`` and ``run_batches`` are collective over ``comm``: every rank calls them, in that order.
 """
 
@@ -15,14 +18,15 @@ from tqdm import tqdm
 
 from .agreement import RankRecord, check_agreement, rank_record
 from .calibration import profile_job
-from .comm import Communicator, Tag, collectively
+from .comm import BatchCounter, Communicator, Tag, collectively
 from .config import Config
 from .costmodel import Trunk
 from .data import ImageSet
 from .geometry import is_empty
-from .head import classifier_head
+from .head import classifier_head, loaded_head_bytes
+from .layout import Layout, job_layout
 from .models import build_model, load_weights
-from .planner import Plan, make_plan, trunk_geometry
+from .planner import Plan, trunk_geometry
 from .profile import Profile
 from .runtime import Runtime, Timings, nhwc
 
@@ -34,11 +38,17 @@ class Job:
     config: Config
     data: ImageSet
     model: torch.nn.Module
-    plan: Plan
+    layout: Layout  # every group's ranks and plan
+    group: Communicator  # this rank's group
     trunk: Trunk  # the trunk's row geometry for this image
     profile: Profile | None  # on rank 0
-    runtime: Runtime
+    runtime: Runtime  # this rank's part of its group's plan
     record: RankRecord  # what this rank runs with (software, weights, data)
+
+    @property
+    def plan(self) -> Plan:
+        """This rank's group's plan."""
+        return self.runtime.plan
 
 
 def _model(config: Config, with_head: bool) -> torch.nn.Module:
@@ -59,37 +69,40 @@ def _agree(comm: Communicator, config: Config, data: ImageSet) -> RankRecord:
 
 def prepare(comm: Communicator, config: Config) -> Job:
     """Open the data, build the model, check that every rank runs the same software, weights and
-    data, profile the ranks and broadcast rank 0's plan."""
+    data, profile the ranks, broadcast rank 0's layout and split ``comm`` into its groups."""
     comm.poll_s = config.poll_us / 1e6
     torch.set_num_threads(config.threads)
     data = collectively(comm, lambda: ImageSet(config.data, config.in_channels, config.mean, config.std))
     image = (config.in_channels, data.height, data.width)
-    classifier = comm.rank == config.classifier_rank
-    model = collectively(comm, lambda: _model(config, with_head=classifier))
+    profiled = comm.rank == config.classifier_rank  # it times the rest of the head for the profile
+    model = collectively(comm, lambda: _model(config, with_head=profiled))
     record = _agree(comm, config, data)
     stages = nhwc(model).stages()
     trunk = collectively(comm, lambda: trunk_geometry(config.model, stages, image, comm.size, config.min_rows))
-    head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
+    head = classifier_head(model, *trunk.shapes[-1]) if profiled else None
     profile = collectively(comm, lambda: profile_job(comm, config, stages, image, trunk.shapes[-1], head))
 
-    def plan():
+    def layout():
         if comm.rank != 0:
             return None
-        return make_plan(
-            config.model,
-            trunk,
-            profile.cost_model(),
-            config.strategy,
-            config.fusion,
-            config.classifier_rank,
-            config.batch_size,
-            config.min_rows,
-        ).to_dict()
+        extra = 0.0  # throughput: a rank that becomes a group's classifier loads the head too
+        if config.objective == "throughput":
+            with torch.device("meta"):
+                whole = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
+            extra = loaded_head_bytes(whole, *trunk.shapes[-1])
+        return job_layout(config, trunk, profile.cost_model(head_bytes=extra), comm.size).to_dict()
 
-    plan = Plan.from_dict(comm.bcast(collectively(comm, plan), root=0))
-    return Job(
-        config, data, model, plan, trunk, profile, Runtime(comm, stages, plan, head, config.overlap_halo), record
-    )
+    layout = Layout.from_dict(comm.bcast(collectively(comm, layout), root=0))
+    index = layout.group_of(comm.rank)
+    group = comm.split(index, layout.groups[index].index(comm.rank))
+    plan = layout.plans[index]
+    classifier = group.rank == plan.classifier_rank
+    if classifier and not profiled:
+        model = _model(config, with_head=True)
+        stages = nhwc(model).stages()
+    head = classifier_head(model, *trunk.shapes[-1]) if classifier else None
+    runtime = Runtime(group, stages, plan, head, config.overlap_halo)
+    return Job(config, data, model, layout, group, trunk, profile, runtime, record)
 
 
 @dataclass
@@ -98,9 +111,10 @@ class Results:
 
     indices: np.ndarray
     logits: np.ndarray
-    latencies: list[float]
+    latencies: list[float]  # per batch, in batch order
     elapsed_s: float
     timings: list[dict]  # per rank
+    groups: list[dict]  # per group: its batches, images and seconds busy
 
 
 def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
@@ -116,12 +130,16 @@ def run_batches(
 ) -> Results | None:
     """Infer the images at sorted dataset ``indices`` in batches; returns results on rank 0.
 
-    Rank 0 gets each batch's logits as it finishes and hands them to ``on_batch``. Each
-    batch's latency runs from the barrier before its rows are read to its logits on the
-    classifier rank; the warm-up batches before it are not counted. ``max_batches`` stops early.
+    Each group of the layout takes the next batch (a ``BatchCounter`` number) when it finishes
+    one, so every batch is done exactly once and faster groups do more; a group that overlaps
+    its batches (``Layout.overlapped``) takes it when it starts one, so that its other ranks go
+    on to the next batch while the classifier runs the rest of the head. Rank 0 gets each
+    batch's logits from its group's classifier as it finishes (between its own batches) and
+    hands them to ``on_batch``. A batch's latency runs from its start on the classifier rank to
+    its logits there; the warm-up batches before it are not counted.
+    ``max_batches`` stops early. Collective over ``comm``: every rank calls it.
     """
-    runtime, rows = job.runtime, job.runtime.input_rows
-    classifier = job.plan.classifier_rank
+    runtime, rows, group = job.runtime, job.runtime.input_rows, job.group
 
     def infer(start: int, stop: int):
         x = None if is_empty(rows) else job.data.read_indices(indices[start:stop], rows)
@@ -132,31 +150,73 @@ def run_batches(
     for _ in range(job.config.warmup_batches if batches else 0):
         infer(*batches[0])
     runtime.timings = Timings.empty(len(job.plan.blocks))
-    logits, latencies = [], []
+    counter = BatchCounter(comm)
+    collected: dict[int, np.ndarray] = {}  # on rank 0: logits by batch number
+    progress = tqdm(total=len(batches), desc="batches", unit="batch", disable=comm.rank != 0 or None, leave=False)
+
+    def collect(number: int, logits: np.ndarray) -> None:
+        collected[number] = logits
+        progress.update()
+        if on_batch:
+            on_batch(indices[slice(*batches[number])], logits)
+
+    sends, latencies, done = [], {}, []  # done: batch numbers this rank's group finished
+    overlap = job.layout.overlapped and group.size > 1
+
+    def announce(number: np.ndarray):
+        """The group's leader takes the next batch number and the group learns it (the request)."""
+        if group.rank == 0:
+            number[0] = counter.take()
+        return group.start_bcast_array(number)
+
+    numbers, turn = (np.zeros(1, np.int64), np.zeros(1, np.int64)), 0
     began = time.perf_counter()
-    for start, stop in tqdm(batches, desc="batches", unit="batch", disable=comm.rank != 0 or None, leave=False):
-        comm.barrier()
+    group.wait_all([announce(numbers[turn])])
+    while (current := int(numbers[turn][0])) < len(batches):
+        turn = 1 - turn
+        ahead = announce(numbers[turn]) if overlap else None  # the next number, known by the end of this batch
         tick = time.perf_counter()
-        out = infer(start, stop)
-        latencies.append(time.perf_counter() - tick)
-        if classifier != 0:  # logits live on the classifier rank; rank 0 writes them
-            if comm.rank == classifier:
-                comm.send_object(out.numpy(), 0, Tag.LOGITS)
-            elif comm.rank == 0:
-                out = torch.from_numpy(comm.recv_object(classifier, Tag.LOGITS))
-        if comm.rank == 0:
-            logits.append(out.numpy())
-            if on_batch:
-                on_batch(indices[start:stop], logits[-1])
+        out = infer(*batches[current])
+        done.append(current)
+        if runtime.is_classifier:
+            latencies[current] = time.perf_counter() - tick
+            if comm.rank == 0:
+                collect(current, out.numpy())
+            else:
+                sends.append(comm.isend_object((current, out.numpy()), 0, Tag.LOGITS))
+        while comm.rank == 0 and (message := comm.recv_any_object(Tag.LOGITS, block=False)) is not None:
+            collect(*message)
+        group.wait_all([ahead if overlap else announce(numbers[turn])])
+    busy_s = time.perf_counter() - began
+    while comm.rank == 0 and len(collected) < len(batches):
+        collect(*comm.recv_any_object(Tag.LOGITS))
+    comm.wait_all(sends)
     elapsed = time.perf_counter() - began
-    timings = comm.gather(asdict(runtime.timings), root=0)
-    if classifier != 0:
-        if comm.rank == classifier:
-            comm.send_object(latencies, 0, Tag.LATENCIES)
-        elif comm.rank == 0:
-            latencies = comm.recv_object(classifier, Tag.LATENCIES)
+    progress.close()
+    counter.free()
+    mine = {"timings": asdict(runtime.timings), "latencies": latencies, "done": done, "busy_s": busy_s}
+    reports = comm.gather(mine, root=0)
     if comm.rank != 0:
         return None
-    done = sum(stop - start for start, stop in batches)
-    stacked = np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, 0), np.float32)
-    return Results(indices[:done], stacked, latencies, elapsed, timings)
+    done_count = sum(stop - start for start, stop in batches)
+    stacked = [collected[n] for n in range(len(batches))]
+    logits = np.concatenate(stacked).astype(np.float32) if stacked else np.zeros((0, 0), np.float32)
+    all_latencies = {n: s for report in reports for n, s in report["latencies"].items()}
+    return Results(
+        indices[:done_count],
+        logits,
+        [all_latencies[n] for n in range(len(batches))],
+        elapsed,
+        [report["timings"] for report in reports],
+        [_group_summary(members, reports[members[0]], batches) for members in job.layout.groups],
+    )
+
+
+def _group_summary(members: list[int], leader: dict, batches: list[tuple[int, int]]) -> dict:
+    """A group's ranks, and the batches, images and seconds busy its leader reported."""
+    return {
+        "ranks": members,
+        "batches": len(leader["done"]),
+        "images": sum(batches[n][1] - batches[n][0] for n in leader["done"]),
+        "busy_s": leader["busy_s"],
+    }

@@ -2,7 +2,9 @@
 
 Prints the chosen plan (block, stages, rows per rank, predicted compute / halo / wait), its
 predicted latency and speedup against the fastest single device and against the bound
-``sum(speed) / speed(fastest)``; ``--compare`` prints every strategy x fusion pair.
+``sum(speed) / speed(fastest)``; ``--compare`` prints every strategy x fusion pair. With
+``--objective throughput`` it prints the chosen layout (groups of ranks, each with its plan) and
+every candidate layout's predicted images per second and latency, and the refused ones with why.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 import torch
 
 from .cluster import load_cluster
-from .config import load_config
+from .config import OBJECTIVES, load_config
 from .costmodel import CostModel, Trunk
 from .errors import exit_status
 from .files import atomic_path
-from .head import head_weight_bytes
+from .head import head_weight_bytes, loaded_head_bytes
+from .layout import Choice, LayoutPlanner, config_plan, describe_groups
 from .models import build_model
 from .partition import STRATEGIES
 from .planner import Plan, make_plan, trunk_geometry
@@ -39,7 +42,8 @@ def _image(text: str) -> tuple[int, int]:
 
 def cost_model(args, config, model, trunk: Trunk, ranks_hint: int) -> CostModel:
     if args.profile:
-        return Profile.load(args.profile).cost_model()
+        extra = loaded_head_bytes(model, *trunk.shapes[-1]) if config.objective == "throughput" else 0.0
+        return Profile.load(args.profile).cost_model(head_bytes=extra)
     cluster = load_cluster(args.cluster)
     trunk_bytes = sum(
         p.numel() * p.element_size() for name, p in model.named_parameters() if not name.startswith(model.head_prefixes)
@@ -97,6 +101,35 @@ def compare(trunk: Trunk, costs: CostModel, model: str, classifier: int, batch: 
     return rows
 
 
+def describe_layouts(choice: Choice, trunk: Trunk, single_s: float, bound: float) -> str:
+    """Every candidate layout (the chosen one marked), the refused ones, then the chosen one's plans."""
+    best = choice.best
+    lines = [f"{'groups':>6} {'img/s':>8} {'latency_ms':>10}  layout"]
+    for layout in sorted(choice.candidates, key=lambda layout: -layout.throughput_img_s):
+        mark = "  <- chosen" if layout is best else ""
+        lines.append(
+            f"{len(layout.groups):>6} {layout.throughput_img_s:>8.3f} {1e3 * layout.latency_s:>10.1f}  "
+            f"{layout.name()}{mark}"
+        )
+    for refused in choice.refused:
+        lines.append(
+            f"{len(refused.groups):>6} {'refused':>8} {'':>10}  {describe_groups(refused.groups)}: {refused.reason}"
+        )
+    lines.append(
+        f"\nchosen layout {best.name()}: {best.throughput_img_s:.3f} img/s predicted, "
+        f"latency {1e3 * best.latency_s:.1f} ms"
+    )
+    groups = zip(best.groups, best.plans, best.classifiers(), best.lags_s)
+    for index, (group, plan, classifier, lag) in enumerate(groups):
+        lines.append(
+            f"\ngroup {index}: ranks {describe_groups([group])} as the plan's ranks 0..{len(group) - 1}, "
+            f"classifier rank {classifier}"
+            + (f"; overlapping batches: planned for its period, logits {1e3 * lag:.1f} ms after it" if lag else "")
+        )
+        lines.append(describe(plan, trunk, single_s, bound))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.plan", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -109,11 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy")
     parser.add_argument("--fusion")
     parser.add_argument("--compare", action="store_true", help="every strategy x fusion pair")
+    parser.add_argument("--objective", choices=OBJECTIVES, help="latency (default): one plan of all ranks; throughput")
+    parser.add_argument("--max-latency-ms", type=float, help="throughput: only layouts whose latency stays under this")
     parser.add_argument("--json", help="write the plan (and comparison) as JSON")
     args = parser.parse_args(argv)
 
     def run() -> int | None:
-        config = load_config(args.config, strategy=args.strategy, fusion=args.fusion)
+        config = load_config(
+            args.config,
+            strategy=args.strategy,
+            fusion=args.fusion,
+            objective=args.objective,
+            max_latency_ms=args.max_latency_ms,
+        )
         with torch.device("meta"):  # shapes only: no weights are drawn
             model = build_model(config.model, config.in_channels, config.num_classes, reduction=config.reduction)
         stages = model.stages()
@@ -121,19 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         trunk = trunk_geometry(config.model, stages, image, 1)
         costs = cost_model(args, config, model, trunk, 1)
         trunk_geometry(config.model, stages, image, costs.ranks, config.min_rows)
-        start = time.perf_counter()
-        plan = make_plan(
-            config.model,
-            trunk,
-            costs,
-            config.strategy,
-            config.fusion,
-            config.classifier_rank,
-            config.batch_size,
-            config.min_rows,
-        )
-        planning_s = time.perf_counter() - start
         single_s, bound = baseline(trunk, costs, config.classifier_rank)
+        if config.objective == "throughput":
+            return plan_layout(args, config, trunk, costs, single_s, bound)
+        start = time.perf_counter()
+        plan = config_plan(trunk, costs, config)
+        planning_s = time.perf_counter() - start
         print(describe(plan, trunk, single_s, bound))
         print(f"planned in {planning_s:.3f} s")
         result = {"plan": plan.to_dict(), "single_device_s": single_s, "bound": bound, "planning_s": planning_s}
@@ -148,10 +182,31 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['speedup']:>7.2f}x {r['blocks']:>6}{mark}"
                 )
         if args.json:
-            with atomic_path(args.json) as tmp:
-                tmp.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
 
     return exit_status(run)
+
+
+def plan_layout(args, config, trunk: Trunk, costs: CostModel, single_s: float, bound: float) -> None:
+    start = time.perf_counter()
+    max_latency_s = None if config.max_latency_ms is None else config.max_latency_ms / 1e3
+    choice = LayoutPlanner(trunk, costs, config).choose(max_latency_s)
+    planning_s = time.perf_counter() - start
+    print(describe_layouts(choice, trunk, single_s, bound))
+    print(f"planned {len(choice.candidates) + len(choice.refused)} layouts in {planning_s:.3f} s")
+    if args.json:
+        candidates = [
+            {"groups": layout.groups, "throughput_img_s": layout.throughput_img_s, "latency_s": layout.latency_s}
+            for layout in choice.candidates
+        ]
+        refused = [{"groups": r.groups, "reason": r.reason} for r in choice.refused]
+        result = {"layout": choice.best.to_dict(), "candidates": candidates, "refused": refused}
+        write_json(args.json, {**result, "single_device_s": single_s, "bound": bound, "planning_s": planning_s})
+
+
+def write_json(path: str, result: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ class Profile:
         """Each rank's seconds for the whole trunk on the whole image."""
         return [sum(seconds[0]) for seconds in self.stage_s]
 
-    def cost_model(self) -> CostModel:
+    def cost_model(self, head_bytes: float = 0.0) -> CostModel:
+        """The cost model of the measured ranks. Their memory is what was free once each had
+        loaded its model; ``head_bytes`` is what a rank that becomes a classifier loads more
+        (a layout of several groups has several classifiers)."""
         fits = [fit_stage_costs(self.stage_rows, seconds) for seconds in self.stage_s]
         bandwidth = np.array([[np.inf if b is None else b for b in row] for row in self.bandwidth_Bps], dtype=float)
         memory = np.array([np.inf if m is None else m for m in self.memory_bytes], dtype=float)
@@ -74,6 +77,7 @@ class Profile:
             memory,
             np.array(self.head_row_s, dtype=float),
             self.head_rest_s,
+            head_bytes=head_bytes,
             head_partial_bytes=4.0 * self.head_width,
             jitter_s=self.jitter_s,
         )

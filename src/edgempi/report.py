@@ -21,18 +21,22 @@ OVERHEADS = ("halo_bytes_received", "halo_bytes_sent", "rows_computed_twice")  #
 
 
 def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
-    """The report: model, ranks, accuracy, latency, throughput, the plan, per-rank seconds."""
+    """The report: model, ranks, accuracy, latency, throughput (measured and predicted, in all
+    and per group of the layout), the plans, per-rank seconds against their group's plan."""
     predictions = results.logits.argmax(1)
     hits = None if labels is None else int((predictions == labels[results.indices]).sum())
     lat = sorted(results.latencies)
+    layout, batch = job.layout, job.config.batch_size
+    overheads = [partition_overheads(plan, job.trunk, batch) for plan in layout.plans]
     per_rank = []
-    blocks = job.plan.blocks
-    overheads = partition_overheads(job.plan, job.trunk, job.config.batch_size)
     for rank, t in enumerate(results.timings):
+        index = layout.group_of(rank)
+        local, blocks = layout.groups[index].index(rank), layout.plans[index].blocks
         batches = max(t["batches"], 1)
         per_rank.append(
             {
                 "rank": rank,
+                "group": index,
                 "host": job.profile.hosts[rank] if job.profile else None,
                 "compute_s": sum(t["compute_s"]) / batches,
                 "halo_s": sum(t["halo_s"]) / batches,
@@ -40,16 +44,29 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
                 "head_s": t["head_s"] / batches,
                 "compute_s_per_block": [s / batches for s in t["compute_s"]],
                 "halo_in_s_per_block": [0.0] + [s / batches for s in t["halo_s"]],
-                "predicted_compute_s_per_block": [b.predicted_compute_s[rank] for b in blocks],
-                "predicted_halo_in_s_per_block": [b.predicted_halo_s[rank] for b in blocks],
-                **{f"{name}_per_block": [o[name][rank] for o in overheads] for name in OVERHEADS},
+                "predicted_compute_s_per_block": [b.predicted_compute_s[local] for b in blocks],
+                "predicted_halo_in_s_per_block": [b.predicted_halo_s[local] for b in blocks],
+                **{f"{name}_per_block": [o[name][local] for o in overheads[index]] for name in OVERHEADS},
             }
         )
+    groups = [
+        {
+            **measured,
+            "classifier": classifier,
+            "throughput_img_s": measured["images"] / measured["busy_s"] if measured["busy_s"] > 0 else 0.0,
+            "predicted_throughput_img_s": predicted,
+            "predicted_latency_s": plan.predicted_latency_s,
+        }
+        for measured, classifier, predicted, plan in zip(
+            results.groups, layout.classifiers(), layout.throughputs_img_s, layout.plans
+        )
+    ]
+    one_plan = {"plan": layout.plans[0].to_dict()} if len(layout.plans) == 1 else {}
     return {
         "model": job.config.model,
-        "world_size": job.plan.world_size,
+        "world_size": len(results.timings),
         "images": int(len(results.indices)),
-        "batch_size": job.config.batch_size,
+        "batch_size": batch,
         **accuracy_fields(hits, len(predictions)),
         "latency_s": {
             "median": statistics.median(lat),
@@ -58,12 +75,31 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
             "batches": len(lat),
         },
         "latencies_s": results.latencies,
-        "predicted_latency_s": job.plan.predicted_latency_s,
+        "predicted_latency_s": layout.latency_s,
         "throughput_img_s": len(results.indices) / results.elapsed_s,
-        "plan": job.plan.to_dict(),
+        "predicted_throughput_img_s": layout.throughput_img_s,
+        "objective": job.config.objective,
+        "layout": {"groups": layout.groups, "name": layout.name(), "per_group": groups},
+        **one_plan,
+        "plans": [plan.to_dict() for plan in layout.plans],
         "profile": None if job.profile is None else asdict(job.profile),
         "ranks": per_rank,
     }
+
+
+def layout_lines(report: dict) -> list[str]:
+    """The layout, its measured throughput against the predicted one, and each group's."""
+    layout = report["layout"]
+    lines = [
+        f"layout {layout['name']} ({report['objective']}): {report['throughput_img_s']:.2f} img/s measured, "
+        f"{report['predicted_throughput_img_s']:.2f} predicted"
+    ]
+    for index, g in enumerate(layout["per_group"]):
+        lines.append(
+            f"  group {index}: ranks {','.join(map(str, g['ranks']))}, {g['images']} images in {g['batches']} batches, "
+            f"{g['throughput_img_s']:.2f} img/s measured, {g['predicted_throughput_img_s']:.2f} predicted"
+        )
+    return lines
 
 
 def write_report(path: str, report: dict) -> None:
@@ -84,6 +120,7 @@ def print_summary(report: dict, table: str) -> None:
     print(
         f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms"
     )
+    print("\n".join(layout_lines(report)))
     print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
         blocks = " ".join(

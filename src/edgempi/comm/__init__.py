@@ -3,7 +3,18 @@
 from .collective import JobError, collectively
 from .columns import share_head
 from .communicator import Communicator, Tag, world
+from .groups import BatchCounter
 from .halo import HaloExchange
 from .reduce import MapSums
 
-__all__ = ["Communicator", "HaloExchange", "JobError", "MapSums", "Tag", "collectively", "share_head", "world"]
+__all__ = [
+    "BatchCounter",
+    "Communicator",
+    "HaloExchange",
+    "JobError",
+    "MapSums",
+    "Tag",
+    "collectively",
+    "share_head",
+    "world",
+]

@@ -25,7 +25,6 @@ class Tag(IntEnum):
     PING = 1
     HEAD = 2
     LOGITS = 3
-    LATENCIES = 4
     HALO = 16
 
 
@@ -49,6 +48,14 @@ class Communicator:
 
     def free(self) -> None:
         self.mpi.Free()
+
+    def split(self, color: int, key: int) -> Communicator:
+        """The ranks that give the same ``color``, numbered by ``key``, waiting as this one does.
+        Collective: every rank calls it."""
+        part = self.mpi.Split(color, key)
+        group = Communicator(part, self.poll_s)
+        part.Free()
+        return group
 
     def abort(self, status: int) -> None:
         self.mpi.Abort(status)
@@ -92,7 +99,12 @@ class Communicator:
 
     def bcast_array(self, array: np.ndarray, root: int = 0) -> None:
         """Give every rank ``root``'s ``array`` (in place). Collective: every rank calls it."""
-        self.wait_all([self.mpi.Ibcast(array, root=root)])
+        self.wait_all([self.start_bcast_array(array, root)])
+
+    def start_bcast_array(self, array: np.ndarray, root: int = 0):
+        """``bcast_array`` without waiting: ``array`` is ``root``'s once the request is done
+        (``wait_all``). Collective: every rank calls it, in the same order as other collectives."""
+        return self.mpi.Ibcast(array, root=root)
 
     def round_trip_s(self, peer: int, nbytes: int, repeats: int, lead: bool) -> float:
         """Median seconds for ``nbytes`` to go to ``peer`` and back; ``peer`` calls it with
@@ -108,17 +120,20 @@ class Communicator:
 
     # Python objects (pickled)
 
-    def send_object(self, obj: Any, dest: int, tag: Tag) -> None:
-        self.wait_all([self.mpi.isend(obj, dest=dest, tag=self.tag(tag))])
+    def isend_object(self, obj: Any, dest: int, tag: Tag):
+        """Start sending ``obj``; the request must be waited for (``wait_all``)."""
+        return self.mpi.isend(obj, dest=dest, tag=self.tag(tag))
 
-    def recv_object(self, source: int, tag: Tag) -> Any:
-        request = self.mpi.irecv(source=source, tag=self.tag(tag))
-        if self.poll_s <= 0:
-            return request.wait()
+    def recv_any_object(self, tag: Tag, block: bool = True) -> Any:
+        """The next object any rank sent with ``tag``; with ``block=False`` None when none has come."""
         while True:
-            done, obj = request.test()
-            if done:
-                return obj
+            message = self.mpi.improbe(source=MPI.ANY_SOURCE, tag=self.tag(tag))
+            if message is not None:
+                return message.recv()
+            if not block:
+                return None
+            if self.poll_s <= 0:
+                return self.mpi.mprobe(source=MPI.ANY_SOURCE, tag=self.tag(tag)).recv()
             time.sleep(self.poll_s)
 
     def _arrive(self) -> None:
