@@ -39,3 +39,14 @@ def test_oversubscribe_only_for_open_mpi(tmp_path, monkeypatch, version, flags):
     fake.chmod(0o755)
     monkeypatch.setenv("MPIEXEC", str(fake))
     assert launcher.mpirun(3) == [str(fake), *flags, "-np", "3"]
+
+
+def test_a_relative_launcher_path_is_made_absolute(tmp_path, monkeypatch):
+    """The Makefile's MPIEXEC=.venv/bin/mpirun must still run from a benchmark's temporary folder."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "mpirun").write_text("#!/bin/sh\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPIEXEC", "bin/mpirun")
+    assert launcher.mpiexec() == str(tmp_path / "bin" / "mpirun")
+    monkeypatch.setenv("MPIEXEC", "mpiexec.hydra")  # a bare name is looked up on PATH at launch
+    assert launcher.mpiexec() == "mpiexec.hydra"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 
 def mpiexec() -> str:
-    """The launcher's command."""
-    return os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    """The launcher's command (a path absolute, so that it also runs from another folder)."""
+    chosen = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    return str(Path(chosen).resolve()) if os.sep in chosen and Path(chosen).exists() else chosen
 
 
 @functools.cache
