@@ -18,7 +18,8 @@ class HaloExchange:
     together hold every row it needs from other ranks (by default one window, all of
     ``needed[rank]``). Each window is a map preallocated per batch shape: other ranks' rows are
     received straight into it, and the rows of it that this rank owns are copied in from its
-    strip; rows are sent straight from the sender's strip. Send and receive ranges are computed
+    strip (a window of owned rows only is a view of the strip, no copy); rows are sent straight
+    from the sender's strip. Send and receive ranges are computed
     once here; rows may come from any rank, not only from neighbours, and a rank may own or
     need no rows.
     """
@@ -41,6 +42,11 @@ class HaloExchange:
             (p, rows, self._window_of(rows)) for p in peers if not is_empty(rows := intersect(owned[p], needed[me]))
         ]
         self.local = [intersect(self.owned, window) for window in self.windows]
+        receiving = {w for _, _, w in self.recvs}
+        # a window of only owned rows is a view of the strip: nothing to receive, nothing to copy
+        self._views = [
+            w not in receiving and local == window for w, (local, window) in enumerate(zip(self.local, self.windows))
+        ]
         self._maps: dict[tuple, list[torch.Tensor]] = {}
         self._messages = RowMessages()
         self._requests: list = []
@@ -66,19 +72,22 @@ class HaloExchange:
         Collective over the ranks that share rows: every rank of ``comm`` calls it, then ``finish``.
         """
         maps, rows = self._windows_for(shape), self._messages.rows
-        self._current = maps
+        base = self.owned[0]
+        self._current = [
+            strip[:, :, lo - base : hi - base] if view else out
+            for view, (lo, hi), out in zip(self._views, self.windows, maps)
+        ]
         self._requests = [
             self.comm.irecv(rows(maps[w], lo - self.windows[w][0], hi - self.windows[w][0]), p, self.tag)
             for p, (lo, hi), w in self.recvs
         ]
         if self.sends:
             strip = strip.contiguous(memory_format=torch.channels_last)
-            base = self.owned[0]
             for p, (lo, hi) in self.sends:
                 self._requests.append(self.comm.isend(rows(strip, lo - base, hi - base), p, self.tag))
-        for (lo, hi), window, out in zip(self.local, self.windows, maps):
-            if hi > lo:
-                out[:, :, lo - window[0] : hi - window[0]].copy_(strip[:, :, lo - self.owned[0] : hi - self.owned[0]])
+        for view, (lo, hi), window, out in zip(self._views, self.local, self.windows, maps):
+            if hi > lo and not view:
+                out[:, :, lo - window[0] : hi - window[0]].copy_(strip[:, :, lo - base : hi - base])
 
     def finish(self) -> list[torch.Tensor]:
         """Wait for ``start``'s messages; returns the windows' maps, in ``windows`` order.
