@@ -133,11 +133,17 @@ def test_cpu_quotas_are_in_force(cluster, tmp_path):
 
 
 def test_devices_run_at_their_speed_alone_and_together(cluster):
-    # Five rounds, medians, as `emulate check` does: with three, a 0.4-core device measured 0.52 in one
-    # fresh-clone run of the whole suite (alone, twice right after, it passed).
-    speeds = measure([d.speed * cluster.core_per_speed for d in cluster.devices], emulate.in_device, rounds=5)
-    for s in speeds:
-        assert s.worst_error() < 0.15, speeds
+    # A measurement is five rounds' medians, as `emulate check` takes. On a shared 2-core VM one in a
+    # few lands 15-20% off (a device measured 0.168 core for 0.2 together, the next run 0.195), so the
+    # test takes up to three: it fails when every one is off, as with a bias of the emulation (bursts
+    # of a fixed workload measured a 0.4-core device at 0.59 core each time on a faster CPU).
+    expected = [d.speed * cluster.core_per_speed for d in cluster.devices]
+    measurements = []
+    for _ in range(3):
+        measurements.append(measure(expected, emulate.in_device, rounds=5))
+        if all(s.worst_error() < 0.15 for s in measurements[-1]):
+            return
+    pytest.fail(f"no measurement had every device within 15% of its file's speed: {measurements}")
 
 
 def test_down_right_after_a_killed_job_leaves_nothing(tmp_path):
