@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,3 +126,45 @@ def assert_one_line_error(run: subprocess.CompletedProcess, message: str, *outpu
     assert errors[0].startswith("edgempi: error: ") and re.search(message, errors[0]), errors[0]
     assert "Traceback" not in run.stderr
     assert [path for path in outputs if path.exists()] == []
+
+
+def on_ranks(size: int, work) -> None:
+    """Run ``work(comm)`` on the first ``size`` ranks; if it raises on any rank, every world rank
+    fails with all ranks' errors."""
+    from mpi4py import MPI
+
+    from edgempi.comm import Communicator
+
+    world = MPI.COMM_WORLD
+    assert size <= world.size, f"{size} ranks asked of a world of {world.size}: mark the test mpi(min_size={size})"
+    comm = world.Split(0 if world.rank < size else MPI.UNDEFINED, world.rank)
+    failure = None
+    if comm != MPI.COMM_NULL:
+        job = Communicator(comm)
+        try:
+            work(job)
+        except Exception as exc:  # pytest's outcomes (timeouts too) are BaseExceptions and pass through
+            failure = exc
+        finally:
+            job.free()
+            comm.Free()
+    error = None if failure is None else f"rank {world.rank}: {type(failure).__name__}: {failure}"
+    verdict = Communicator(world, 1e-3)  # the ranks left out sleep instead of taking the cores
+    errors = [e for e in verdict.allgather(error) if e]
+    verdict.free()
+    if errors:
+        raise AssertionError("\n".join(errors)) from failure
+
+
+def shared_images(count: int, seed: int, size: int) -> Path:
+    """A synthetic image set that every world rank reads (one machine: rank 0 writes it)."""
+    from mpi4py import MPI
+
+    from edgempi.data import synth
+
+    folder = tempfile.mkdtemp() if MPI.COMM_WORLD.rank == 0 else None
+    folder = Path(MPI.COMM_WORLD.bcast(folder, root=0))
+    if MPI.COMM_WORLD.rank == 0:
+        synth(folder / "s.h5", count, seed=seed, size=size)
+    MPI.COMM_WORLD.Barrier()
+    return folder / "s.h5"

@@ -159,6 +159,12 @@ def bad_data(tmp_path, kind):
         ),
         ("batch-size-0", 2, lambda t, d: ["--data", d, "--batch-size", 0], "'batch_size' must be at least 1, not 0"),
         (
+            "adapt-margin-0",
+            2,
+            lambda t, d: ["--config", config_file(t, adapt_margin=0), "--data", d],
+            "'adapt_margin' must be above 0 and below 10, not 0",
+        ),
+        (
             "min-rows-above-the-image",
             2,
             lambda t, d: ["--config", config_file(t, min_rows=500), "--data", d],

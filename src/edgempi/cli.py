@@ -46,6 +46,7 @@ def job_parser(prog: str, description: str) -> JobParser:
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--overlap", choices=["on", "off"], help="compute interior rows while the halo is in flight (on)")
+    p.add_argument("--adapt", choices=["on", "off"], help="re-plan when a rank's measured speed changes (on)")
     p.add_argument("--profile", help="profile JSON: reused when it exists, else measured and saved")
     p.add_argument(
         "--objective",
@@ -71,6 +72,7 @@ def job_config(args: argparse.Namespace) -> Config:
         threads=args.threads,
         poll_us=args.poll_us,
         overlap_halo=None if args.overlap is None else args.overlap == "on",
+        adapt=None if args.adapt is None else args.adapt == "on",
         objective=args.objective,
         max_latency_ms=args.max_latency_ms,
     )

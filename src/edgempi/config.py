@@ -40,6 +40,8 @@ class Config:
     min_rows: int = 1
     poll_us: int = 0  # 0: MPI's own (spinning) waits; else test and sleep this long between tests
     overlap_halo: bool = True  # compute a block's interior rows while its halo is in flight
+    adapt: bool = True  # re-plan during the job when a rank's measured speed changes (one group)
+    adapt_margin: float = 0.25  # switch when the plan in force is predicted this much slower than a fresh one
     classifier_rank: int = 0
     profile: str | None = None
     warmup_batches: int = 1
@@ -77,6 +79,8 @@ def _check(config: Config) -> Config:
         raise ConfigError("config 'poll_us' must not be negative")
     if config.objective is not None and config.objective not in OBJECTIVES:
         raise ConfigError(f"config 'objective' must be one of {', '.join(OBJECTIVES)}, not {config.objective!r}")
+    if not 0 < config.adapt_margin < 10:
+        raise ConfigError(f"config 'adapt_margin' must be above 0 and below 10, not {config.adapt_margin}")
     if config.max_latency_ms is not None and config.max_latency_ms <= 0:
         raise ConfigError("config 'max_latency_ms' must be positive")
     if config.warmup_batches < 0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -173,6 +173,17 @@ class CostModel:
                 self.bandwidth_Bps[source, ranks][:, None],
             )
         return self._links[step]
+
+    def scaled(self, factors: Sequence[float]) -> CostModel:
+        """The same ranks and links, each rank ``k``'s compute (its stages and its share of the
+        head) ``factors[k]`` times as long."""
+        f = np.asarray(factors, dtype=float)
+        return replace(
+            self,
+            stage_fixed_s=self.stage_fixed_s * f[:, None],
+            stage_row_s=self.stage_row_s * f[:, None],
+            head_row_s=self.head_row_s * f,
+        )
 
     def speeds(self) -> list[float]:
         """Relative speed of each rank: inverse of its time for the whole trunk."""

@@ -30,6 +30,15 @@ def union(a: Rows, b: Rows) -> Rows:
     return (min(a[0], b[0]), max(a[1], b[1]))
 
 
+def split_by(rows: Rows, held: Rows) -> tuple[Rows, Rows, Rows]:
+    """``rows`` as (above ``held``, inside it, below it); all of ``rows`` above when they do not meet."""
+    inside = intersect(rows, held)
+    if is_empty(inside):
+        return rows, EMPTY, EMPTY
+    above, below = (rows[0], inside[0]), (inside[1], rows[1])
+    return (above if not is_empty(above) else EMPTY), inside, (below if not is_empty(below) else EMPTY)
+
+
 @dataclass(frozen=True)
 class Window:
     """One axis of a conv / pool window, with PyTorch's output-size rules."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .adapt import Adapter
 from .agreement import RankRecord, check_agreement, rank_record
 from .calibration import profile_job
 from .comm import BatchCounter, Communicator, Tag, collectively
@@ -113,12 +114,39 @@ class Results:
     logits: np.ndarray
     latencies: list[float]  # per batch, in batch order
     elapsed_s: float
-    timings: list[dict]  # per rank
+    timings: list[dict]  # per rank, under the plan in force at the end
     groups: list[dict]  # per group: its batches, images and seconds busy
+    replans: list[dict]  # each switch of plans (``adapt.Replan``)
 
 
 def _batches(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def _adapts(comm: Communicator, job: Job) -> bool:
+    """Whether the job re-plans as it goes: ``adapt`` on and one group of several ranks
+    (layouts of several groups are balanced by the batch counter instead)."""
+    layout = job.layout
+    return job.config.adapt and comm.size > 1 and len(layout.groups) == 1 and not layout.overlapped
+
+
+def _adapt(comm: Communicator, job: Job, adapter: Adapter | None, batch: int) -> dict | None:
+    """After a batch: rank 0 (the one with an ``adapter``) takes every rank's compute seconds
+    and says whether to switch plans; every rank switches together. The switch as a dict on rank 0, else None.
+
+    Collective over ``comm``: every rank calls it after the same batch."""
+    measured = comm.gather(job.runtime.batch_compute_s, root=0)
+    start = time.perf_counter()
+    switch = adapter.observe(batch, measured) if comm.rank == 0 else None
+    plan = comm.bcast(switch[0].to_dict() if switch else None, root=0)
+    if plan is None:
+        return None
+    job.runtime.switch(Plan.from_dict(plan))
+    job.layout.plans[0] = job.runtime.plan
+    if comm.rank != 0:
+        return None
+    switch[1].switch_s = time.perf_counter() - start
+    return asdict(switch[1])
 
 
 def run_batches(
@@ -136,12 +164,14 @@ def run_batches(
     on to the next batch while the classifier runs the rest of the head. Rank 0 gets each
     batch's logits from its group's classifier as it finishes (between its own batches) and
     hands them to ``on_batch``. A batch's latency runs from its start on the classifier rank to
-    its logits there; the warm-up batches before it are not counted.
+    its logits there; the warm-up batches before it are not counted. With ``adapt`` (one group)
+    the ranks may switch to a new plan after any batch (``adapt.py``).
     ``max_batches`` stops early. Collective over ``comm``: every rank calls it.
     """
-    runtime, rows, group = job.runtime, job.runtime.input_rows, job.group
+    runtime, group = job.runtime, job.group
 
     def infer(start: int, stop: int):
+        rows = runtime.input_rows  # the plan in force may change between batches
         x = None if is_empty(rows) else job.data.read_indices(indices[start:stop], rows)
         with torch.inference_mode():
             return runtime.forward(x, stop - start)
@@ -160,8 +190,12 @@ def run_batches(
         if on_batch:
             on_batch(indices[slice(*batches[number])], logits)
 
-    sends, latencies, done = [], {}, []  # done: batch numbers this rank's group finished
+    sends, latencies, done, replans = [], {}, [], []  # done: batch numbers this rank's group finished
     overlap = job.layout.overlapped and group.size > 1
+    adapting = _adapts(comm, job)
+    adapter = None
+    if adapting and comm.rank == 0:
+        adapter = Adapter(job.trunk, job.profile.cost_model(), job.config, job.plan, job.config.adapt_margin)
 
     def announce(number: np.ndarray):
         """The group's leader takes the next batch number and the group learns it (the request)."""
@@ -186,6 +220,8 @@ def run_batches(
                 sends.append(comm.isend_object((current, out.numpy()), 0, Tag.LOGITS))
         while comm.rank == 0 and (message := comm.recv_any_object(Tag.LOGITS, block=False)) is not None:
             collect(*message)
+        if adapting and (replan := _adapt(comm, job, adapter, current)) is not None:
+            replans.append(replan)
         group.wait_all([ahead if overlap else announce(numbers[turn])])
     busy_s = time.perf_counter() - began
     while comm.rank == 0 and len(collected) < len(batches):
@@ -209,6 +245,7 @@ def run_batches(
         elapsed,
         [report["timings"] for report in reports],
         [_group_summary(members, reports[members[0]], batches) for members in job.layout.groups],
+        replans,
     )
 
 

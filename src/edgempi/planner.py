@@ -318,6 +318,19 @@ class Planner:
             for before, block, (first, _, _) in zip([None] + candidates[:-1], candidates, path)
         )
 
+    def predict(self, plan: Plan) -> tuple[float, np.ndarray]:
+        """``plan``'s blocks and partitions under this planner's cost model: the predicted
+        latency (without its overlap), and each rank's compute summed over the blocks."""
+        latency, compute, before = 0.0, np.zeros(self.costs.ranks), None
+        for block in plan.blocks:
+            first, end = block.first, block.end
+            strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+            candidate = self._candidate(strips, block.rows)
+            latency += self.step(before, candidate, block.first)
+            compute += candidate.compute
+            before = candidate
+        return latency, compute
+
     def plan(self, model_name: str, fusion: str) -> Plan:
         path = self.best_path(None if fusion == "dp" else named_blocks(self.trunk, fusion))
         blocks, before = [], None

@@ -82,6 +82,7 @@ def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
         "layout": {"groups": layout.groups, "name": layout.name(), "per_group": groups},
         **one_plan,
         "plans": [plan.to_dict() for plan in layout.plans],
+        "replans": results.replans,
         "profile": None if job.profile is None else asdict(job.profile),
         "ranks": per_rank,
     }
@@ -121,6 +122,12 @@ def print_summary(report: dict, table: str) -> None:
         f"predicted latency {1e3 * report['predicted_latency_s']:.1f} ms, measured median {1e3 * lat['median']:.1f} ms"
     )
     print("\n".join(layout_lines(report)))
+    for r in report["replans"]:
+        print(
+            f"re-planned after batch {r['batch']}: rank {r['rank']} took {r['factor_before']:.2f} -> "
+            f"{r['factor_after']:.2f}x its profiled time; predicted {1e3 * r['predicted_before_s']:.1f} -> "
+            f"{1e3 * r['predicted_after_s']:.1f} ms; the switch took {1e3 * r['switch_s']:.1f} ms"
+        )
     print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
         blocks = " ".join(

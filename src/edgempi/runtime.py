@@ -41,7 +41,8 @@ class Runtime:
 
     Every rank of ``comm`` builds it from the same plan and the ``stages`` of the same NHWC
     model and calls ``forward`` together; the classifier rank passes the whole ``head``
-    (``classifier_head``) and hands every rank the head's columns of its last strip.
+    (``classifier_head``) and hands every rank the head's columns of its last strip. It keeps
+    the whole head for ``switch`` to another plan.
     """
 
     def __init__(
@@ -49,27 +50,49 @@ class Runtime:
     ):
         if plan.world_size != comm.size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {comm.size}")
-        self.comm, self.stages, self.plan = comm, stages, plan
+        self.comm, self.stages, self.overlap = comm, stages, overlap
         self.rank = comm.rank
+        if self.rank == plan.classifier_rank and head is None:
+            raise ValueError("the classifier rank needs the head")
+        self.whole_head = head if self.rank == plan.classifier_rank else None
+        self.slowdown = 0.0  # for tests of adaptation: seconds slept per second computed in each block
+        self.plan, self.head, self.exchanges = None, None, []
+        self._build(plan)
+
+    def _build(self, plan: Plan) -> None:
+        before = self.plan
+        for exchange in self.exchanges:
+            exchange.free()
+        self.plan = plan
         self.heights = stage_heights(self.stages, plan.height)
         blocks = plan.blocks
-        self.splits = [self._split(before, after) if overlap else None for before, after in zip(blocks, blocks[1:])]
+        self.splits = [self._split(b, a) if self.overlap else None for b, a in zip(blocks, blocks[1:])]
         self.exchanges = [
-            HaloExchange(comm, before.rows, after.needs, index, self._windows(before, after, split))
-            for index, (before, after, split) in enumerate(zip(blocks, blocks[1:], self.splits))
+            HaloExchange(self.comm, b.rows, a.needs, index, self._windows(b, a, split))
+            for index, (b, a, split) in enumerate(zip(blocks, blocks[1:], self.splits))
         ]
         self.map_sums = [self._map_sums(block) for block in blocks]
         last = blocks[-1]
-        if self.is_classifier and head is None:
-            raise ValueError("the classifier rank needs the head")
         self.head = share_head(
-            comm,
-            head if self.is_classifier else None,
+            self.comm,
+            self.whole_head,
             last.rows,
             plan.classifier_rank,
             last.out_channels * last.out_width,
+            before.blocks[-1].rows if before else None,
+            self.head,
         )
         self.timings = Timings.empty(len(blocks))
+        self.batch_compute_s = 0.0  # the last batch's blocks and share of the head
+
+    def switch(self, plan: Plan) -> None:
+        """Run ``plan`` from the next batch on: exchanges and windows rebuilt, only the head's
+        columns of rows a rank did not own before sent; timings start again.
+
+        Collective: every rank of ``comm`` calls it with the same plan, between two batches."""
+        if plan.world_size != self.comm.size or plan.classifier_rank != self.plan.classifier_rank:
+            raise ValueError("a switch keeps the ranks and the classifier rank")
+        self._build(plan)
 
     def _block_stages(self, block: Block) -> tuple[list[Stage], list[int]]:
         return self.stages[block.first : block.end], self.heights[block.first : block.end + 1]
@@ -103,7 +126,7 @@ class Runtime:
 
     def _map_sums(self, block) -> MapSums:
         """The block's map sums: which rows of each reduced map this rank adds up."""
-        stages, heights = self.stages[block.first : block.end], self.heights[block.first : block.end + 1]
+        stages, heights = self._block_stages(block)
         held = [map_sum_points(stages, heights, rows) for rows in block.rows]
         channels = next(([c for _, _, c in points] for points in held if points), [])
         return MapSums(self.comm, map_sum_owners(held)[self.rank], channels)
@@ -127,6 +150,8 @@ class Runtime:
             parts.insert(1 if top_first else 0, interior)
         sums.idle(batch)
         out = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        if self.slowdown:
+            time.sleep(self.slowdown * (time.perf_counter() - start))
         self.timings.compute_s[index] += time.perf_counter() - start
         return out
 
@@ -145,6 +170,7 @@ class Runtime:
         Collective: every rank of ``comm`` calls it with the same ``batch``.
         """
         timings, blocks = self.timings, self.plan.blocks
+        computed_before = sum(timings.compute_s)
         out = self._block(0, [(x, blocks[0].needs[self.rank][0], blocks[0].rows[self.rank])], batch)
         for index, (before, block) in enumerate(zip(blocks, blocks[1:])):
             exchange, split = self.exchanges[index], self.splits[index]
@@ -170,6 +196,7 @@ class Runtime:
         start = time.perf_counter()
         total = self.head.partial(out, batch)
         reducing = time.perf_counter()
+        self.batch_compute_s = sum(timings.compute_s) - computed_before + reducing - start
         self.comm.reduce_sum(total.numpy(), self.plan.classifier_rank)
         added = time.perf_counter()
         logits = self.head.finish(total) if self.is_classifier else None

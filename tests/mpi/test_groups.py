@@ -2,17 +2,16 @@
 hands out every number once, and an evaluation in groups of unequal speed infers every image
 exactly once with plain torch's logits."""
 
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import shared_images
 
 from edgempi.comm import BatchCounter
 from edgempi.config import Config
-from edgempi.data import ImageSet, synth
+from edgempi.data import ImageSet
 from edgempi.job import prepare, run_batches
 from edgempi.models import build_model
 
@@ -32,15 +31,7 @@ def test_every_batch_number_is_taken_exactly_once(comm):
 
 @pytest.fixture(scope="module")
 def images_file():
-    """A small synthetic set that every rank reads (one machine: rank 0 writes it)."""
-    from mpi4py import MPI
-
-    folder = tempfile.mkdtemp() if MPI.COMM_WORLD.rank == 0 else None
-    folder = Path(MPI.COMM_WORLD.bcast(folder, root=0))
-    if MPI.COMM_WORLD.rank == 0:
-        synth(folder / "s.h5", 22, seed=9, size=48)
-    MPI.COMM_WORLD.Barrier()
-    return folder / "s.h5"
+    return shared_images(22, seed=9, size=48)
 
 
 def job_config(comm, images_file, layout: str) -> Config:

@@ -6,10 +6,9 @@ run covers every size. All ranks then agree on the verdict, so a failure is seen
 
 import pytest
 import torch
-from helpers import assert_parity, float_noise, images, plan_for, realistic_model, runtime_for
-from mpi4py import MPI
+from helpers import assert_parity, float_noise, images, on_ranks, plan_for, realistic_model, runtime_for
 
-from edgempi.comm import Communicator, HaloExchange, JobError, collectively, share_head
+from edgempi.comm import HaloExchange, JobError, collectively, share_head
 from edgempi.errors import EdgempiError
 from edgempi.geometry import is_empty
 from edgempi.head import classifier_head
@@ -26,28 +25,6 @@ STRATEGIES = ["equal", "proportional", "auction", "optimal"]
 FUSIONS = ["dp", "pool", "none", "full", "fixed:3"]
 # pytest-mpi skips a size larger than the world
 SIZES = [pytest.param(size, marks=pytest.mark.mpi(min_size=size)) for size in (1, 2, 3, 4)]
-
-
-def on_ranks(size: int, work) -> None:
-    """Run ``work(comm)`` on the first ``size`` ranks; if it raises on any rank, every world rank
-    fails with all ranks' errors."""
-    world = MPI.COMM_WORLD
-    assert size <= world.size, f"{size} ranks asked of a world of {world.size}: mark the test mpi(min_size={size})"
-    comm = world.Split(0 if world.rank < size else MPI.UNDEFINED, world.rank)
-    failure = None
-    if comm != MPI.COMM_NULL:
-        job = Communicator(comm)
-        try:
-            work(job)
-        except Exception as exc:  # pytest's outcomes (timeouts too) are BaseExceptions and pass through
-            failure = exc
-        finally:
-            job.free()
-            comm.Free()
-    error = None if failure is None else f"rank {world.rank}: {type(failure).__name__}: {failure}"
-    errors = [e for e in world.allgather(error) if e]
-    if errors:
-        raise AssertionError("\n".join(errors)) from failure
 
 
 @pytest.mark.parametrize("case", CASES)

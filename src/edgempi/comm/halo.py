@@ -97,6 +97,10 @@ class HaloExchange:
         self._requests = []
         return self._current
 
+    def free(self) -> None:
+        """Release the committed row datatypes (after its last ``finish``)."""
+        self._messages.free()
+
     def exchange(self, strip: torch.Tensor | None, shape: tuple[int, int, int]) -> torch.Tensor | None:
         """``start`` and ``finish`` in one go, with one window: the rows this rank needs (None if none).
 

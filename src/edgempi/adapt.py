@@ -1,0 +1,100 @@
+"""Re-planning a running job when a rank's speed changes (pure: no MPI, no torch).
+
+After every batch, each rank's measured compute (its blocks and its share of the head) over
+what the profile's cost model predicts for its strips under the plan in force is the rank's
+ratio for that batch; the median of the last ``WINDOW`` batches' ratios is its current ratio
+(one slow batch moves nothing). The first current ratios under a plan are its baseline: what
+the cost model gets wrong for those strips is not taken for a change. A rank's speed factor is
+then the factor its plan was made with times its current ratio over its baseline: 3 means it
+now takes three times as long as profiled. When the factors, relative to each other, have
+moved by more than half the margin since the last check, rank 0 plans afresh from the profile
+scaled by them and predicts the plan in force under the same factors; it switches when the plan
+in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row.
+Margin, median and patience are the hysteresis that keeps noise from making it flap.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Config
+from .costmodel import CostModel, Trunk
+from .layout import config_plan
+from .planner import Plan, Planner
+
+WINDOW = 5  # batches whose median ratio is a rank's current one
+PATIENCE = 2  # checks in a row that must favour a fresh plan
+
+
+@dataclass
+class Replan:
+    """One switch of plans: after which batch, why, and what it cost."""
+
+    batch: int  # the job switched after this batch (0: the first after the warm-up)
+    rank: int  # the rank whose speed moved most since the plan in force was made
+    factor_before: float  # its speed factor (seconds over the profile's) that plan was made with
+    factor_after: float  # and the one measured now
+    predicted_before_s: float  # the plan in force, predicted under the factors measured now
+    predicted_after_s: float  # the new plan, likewise
+    switch_s: float = 0.0  # planning, broadcasting and rebuilding the exchanges (filled in by the job)
+
+
+def _relative(factors: np.ndarray) -> np.ndarray:
+    """Factors over their geometric mean: a change that slows every rank alike moves nothing."""
+    return factors / np.exp(np.log(factors).mean())
+
+
+class Adapter:
+    """Rank 0's estimate of every rank's speed during a job, and the decision to re-plan.
+
+    ``costs`` is the profile's cost model that ``plan`` was made from with ``config``'s strategy,
+    fusion, classifier rank, batch size and smallest strip."""
+
+    def __init__(self, trunk: Trunk, costs: CostModel, config: Config, plan: Plan, margin: float):
+        self.trunk, self.costs, self.config, self.margin = trunk, costs, config, margin
+        self.streak = 0
+        self._use(plan, np.ones(costs.ranks))
+
+    def _planner(self, costs: CostModel) -> Planner:
+        c = self.config
+        return Planner(self.trunk, costs, c.strategy, c.classifier_rank, c.batch_size, c.min_rows)
+
+    def _use(self, plan: Plan, factors: np.ndarray) -> None:
+        """Run ``plan``, made with the profile scaled by ``factors``, from now on."""
+        self.plan, self.planned, self.checked = plan, factors, factors
+        self.profiled_s = self._planner(self.costs).predict(plan)[1]  # per rank, under the profile
+        self.recent = [deque(maxlen=WINDOW) for _ in self.profiled_s]
+        self.baseline: np.ndarray | None = None
+
+    def observe(self, batch: int, compute_s: Sequence[float]) -> tuple[Plan, Replan] | None:
+        """Take one batch's compute seconds per rank; a new plan and why, when the job should switch."""
+        working = self.profiled_s > 0
+        for rank in np.flatnonzero(working):
+            self.recent[rank].append(compute_s[rank] / self.profiled_s[rank])
+        if any(len(self.recent[rank]) < WINDOW for rank in np.flatnonzero(working)):
+            return None
+        current = np.array([statistics.median(r) if r else 1.0 for r in self.recent])
+        if self.baseline is None:
+            self.baseline = current
+            return None
+        factors = self.planned * current / self.baseline
+        relative = _relative(factors)
+        if self.streak == 0 and np.abs(relative / _relative(self.checked) - 1).max() < self.margin / 2:
+            return None
+        self.checked = factors
+        scaled = self._planner(self.costs.scaled(factors))
+        fresh = config_plan(self.trunk, scaled.costs, self.config)
+        now_s, fresh_s = scaled.predict(self.plan)[0], scaled.predict(fresh)[0]
+        self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) else 0
+        if self.streak < PATIENCE:
+            return None
+        rank = int(np.abs(np.log(factors / self.planned)).argmax())
+        replan = Replan(batch, rank, float(self.planned[rank]), float(factors[rank]), now_s, fresh_s)
+        self.streak = 0
+        self._use(fresh, factors)
+        return fresh, replan

@@ -1,0 +1,75 @@
+"""Re-planning from measured speeds (pure, no MPI): a rank that slows down is re-planned around
+within a few batches, to about the plan made knowing it from the start; noise re-plans nothing."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgempi.adapt import Adapter
+from edgempi.config import Config
+from edgempi.costmodel import Trunk, model_from_speeds
+from edgempi.layout import config_plan
+from edgempi.models import build_model
+from edgempi.planner import Planner
+
+
+@pytest.fixture(scope="module")
+def trunk():
+    with torch.device("meta"):
+        return Trunk.from_stages(build_model("vgg11", 1, 6).stages(), (1, 64, 48))
+
+
+def job(trunk, speeds, margin=0.15):
+    config = Config(model="vgg11")
+    costs = model_from_speeds(trunk, speeds)
+    plan = config_plan(trunk, costs, config)
+    return config, costs, Adapter(trunk, costs, config, plan, margin)
+
+
+def run(adapter, factors_by_batch, noise=0.0, seed=0):
+    """Feed the adapter each batch's compute (profiled seconds of its plan x the true factor x noise)."""
+    rng = np.random.default_rng(seed)
+    replans = []
+    for batch, factors in enumerate(factors_by_batch):
+        measured = adapter.profiled_s * np.asarray(factors) * rng.lognormal(0.0, noise, len(factors))
+        if (switch := adapter.observe(batch, measured.tolist())) is not None:
+            replans.append(switch[1])
+    return replans
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_rank_that_slows_down_is_replanned_within_five_batches_as_if_known_from_the_start(trunk, ranks):
+    speeds = [1.0] * ranks
+    config, costs, adapter = job(trunk, speeds)
+    slow = [1.0] * (ranks - 1) + [3.0]  # the last rank becomes 3x slower at batch 10
+    replans = run(adapter, [[1.0] * ranks] * 10 + [slow] * 30, noise=0.05)
+    assert len(replans) == 1, replans
+    replan = replans[0]
+    assert 10 <= replan.batch < 15 and replan.rank == ranks - 1
+    assert replan.factor_before == pytest.approx(1.0, rel=0.15) and replan.factor_after == pytest.approx(3.0, rel=0.15)
+    assert replan.predicted_after_s < replan.predicted_before_s
+    truth = Planner(trunk, costs.scaled(slow), "optimal", 0)
+    from_start = config_plan(trunk, costs.scaled(slow), config)
+    assert truth.predict(adapter.plan)[0] <= 1.2 * truth.predict(from_start)[0]
+    assert adapter.plan.blocks[0].rows[-1][1] - adapter.plan.blocks[0].rows[-1][0] < 64 / ranks  # fewer rows
+
+
+def test_noise_and_a_uniform_slowdown_replan_nothing(trunk):
+    _, _, adapter = job(trunk, [1.0, 1.5, 0.7])
+    steady = run(adapter, [[1.0, 1.0, 1.0]] * 100, noise=0.1, seed=1)
+    spikes = run(adapter, [[1.0, 4.0 if b % 7 == 0 else 1.0, 1.0] for b in range(100)], noise=0.05)  # one slow batch
+    everyone = run(adapter, [[2.0, 2.0, 2.0]] * 50, noise=0.05)  # every rank alike (a hotter room)
+    assert steady == spikes == everyone == []
+
+
+def test_a_profile_wrong_from_the_start_is_not_taken_for_a_change(trunk):
+    _, _, adapter = job(trunk, [1.0, 1.0])
+    assert run(adapter, [[0.6, 1.0]] * 50, noise=0.05) == []
+
+
+def test_a_scaled_cost_model_predicts_the_scaled_compute(trunk):
+    costs = model_from_speeds(trunk, [1.0, 2.0])
+    plan = config_plan(trunk, costs, Config(model="vgg11"))
+    _, compute = Planner(trunk, costs, "optimal", 0).predict(plan)
+    _, scaled = Planner(trunk, costs.scaled([3.0, 0.5]), "optimal", 0).predict(plan)
+    np.testing.assert_allclose(scaled, compute * [3.0, 0.5])
