@@ -34,7 +34,7 @@ export OMPI_MCA_osc := ^ucx
 # The tests and benchmarks start this launcher too (edgempi.launcher).
 export MPIEXEC
 
-.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster clean \
+.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster bench-adapt clean \
 	neu train accuracy
 
 install: $(VENV)/.installed
@@ -90,6 +90,10 @@ cluster-down: install
 
 bench-cluster: install
 	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER)
+
+# A device slows down mid-job (its CPU quota halved after 20 of 60 images): static vs adaptive plans.
+bench-adapt: install
+	$(PY) -m edgempi.bench_adapt --cluster $(CLUSTER)
 
 # Accuracy on the real NEU-CLS set: convert it (with its split), train, evaluate at -np 1 and 2.
 NEU_DIR  ?= ../shared/neu-cls

@@ -19,20 +19,22 @@ def trunk():
         return Trunk.from_stages(build_model("vgg11", 1, 6).stages(), (1, 64, 48))
 
 
-def job(trunk, speeds, margin=0.15):
+def job(trunk, speeds, margin=0.25, **links):
     config = Config(model="vgg11")
-    costs = model_from_speeds(trunk, speeds)
+    costs = model_from_speeds(trunk, speeds, **links)
     plan = config_plan(trunk, costs, config)
     return config, costs, Adapter(trunk, costs, config, plan, margin)
 
 
-def run(adapter, factors_by_batch, noise=0.0, seed=0):
-    """Feed the adapter each batch's compute (profiled seconds of its plan x the true factor x noise)."""
+def run(adapter, factors_by_batch, noise=0.0, seed=0, known_length=False):
+    """Feed the adapter each batch's compute (profiled seconds of its plan x the true factor x
+    noise), and with ``known_length`` the batches left."""
     rng = np.random.default_rng(seed)
     replans = []
     for batch, factors in enumerate(factors_by_batch):
         measured = adapter.profiled_s * np.asarray(factors) * rng.lognormal(0.0, noise, len(factors))
-        if (switch := adapter.observe(batch, measured.tolist())) is not None:
+        remaining = len(factors_by_batch) - batch - 1 if known_length else None
+        if (switch := adapter.observe(batch, measured.tolist(), remaining)) is not None:
             replans.append(switch[1])
     return replans
 
@@ -73,3 +75,15 @@ def test_a_scaled_cost_model_predicts_the_scaled_compute(trunk):
     _, compute = Planner(trunk, costs, "optimal", 0).predict(plan)
     _, scaled = Planner(trunk, costs.scaled([3.0, 0.5]), "optimal", 0).predict(plan)
     np.testing.assert_allclose(scaled, compute * [3.0, 0.5])
+
+
+def test_a_switch_is_made_only_when_the_batches_left_pay_for_sending_the_head(trunk):
+    slow = [[1.0, 1.0]] * 10 + [[3.0, 1.0]] * 30  # the classifier: rank 1 takes its row of the last map
+    heavy = {"head_bytes": 400e6, "bandwidth_Bps": [1.25e7, 1.25e7]}  # 200 MB a row of the 2-row map, 100 Mbit/s
+    _, _, adapter = job(trunk, [1.0, 1.0], **heavy)
+    assert run(adapter, slow, known_length=True) == []  # 28 batches of some 0.1 s each cannot pay seconds of head
+    _, _, adapter = job(trunk, [1.0, 1.0], **heavy)
+    [replan] = run(adapter, slow)  # a job of unknown length switches
+    assert replan.head_bytes > 0 and replan.predicted_switch_s == pytest.approx(replan.head_bytes / 1.25e7, rel=0.01)
+    _, _, adapter = job(trunk, [1.0, 1.0], **heavy)
+    assert len(run(adapter, slow + [[3.0, 1.0]] * 3000, known_length=True)) == 1  # a long one too

@@ -9,8 +9,11 @@ then the factor its plan was made with times its current ratio over its baseline
 now takes three times as long as profiled. When the factors, relative to each other, have
 moved by more than half the margin since the last check, rank 0 plans afresh from the profile
 scaled by them and predicts the plan in force under the same factors; it switches when the plan
-in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row.
-Margin, median and patience are the hysteresis that keeps noise from making it flap.
+in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row,
+and, where the job knows how many batches remain, when what they gain pays for the switch: the
+classifier sends every rank the head's columns of the feature rows it did not own before (VGG-16
+at 200x200: 50 MB a row of its 6x6 last map), over the links of the cost model. Margin, median
+and patience are the hysteresis that keeps noise from making it flap.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from .config import Config
 from .costmodel import CostModel, Trunk
+from .geometry import is_empty, split_by
 from .layout import config_plan
 from .planner import Plan, Planner
 
@@ -41,7 +45,9 @@ class Replan:
     factor_after: float  # and the one measured now
     predicted_before_s: float  # the plan in force, predicted under the factors measured now
     predicted_after_s: float  # the new plan, likewise
-    switch_s: float = 0.0  # planning, broadcasting and rebuilding the exchanges (filled in by the job)
+    head_bytes: float  # the head's columns the classifier sends for rows that change ranks
+    predicted_switch_s: float  # sending them, by the cost model
+    switch_s: float = 0.0  # planning, broadcasting, sending the columns, rebuilding (measured by the job)
 
 
 def _relative(factors: np.ndarray) -> np.ndarray:
@@ -71,8 +77,27 @@ class Adapter:
         self.recent = [deque(maxlen=WINDOW) for _ in self.profiled_s]
         self.baseline: np.ndarray | None = None
 
-    def observe(self, batch: int, compute_s: Sequence[float]) -> tuple[Plan, Replan] | None:
-        """Take one batch's compute seconds per rank; a new plan and why, when the job should switch."""
+    def switch_cost(self, fresh: Plan) -> tuple[float, float]:
+        """Bytes of the head's columns the classifier sends to switch to ``fresh``, and the seconds
+        its links take for them (one after another)."""
+        c, costs = self.config.classifier_rank, self.costs
+        old, new = self.plan.blocks[-1].rows, fresh.blocks[-1].rows
+        rows = [
+            sum(hi - lo for lo, hi in split_by(new[r], old[r])[::2] if not is_empty((lo, hi))) if r != c else 0
+            for r in range(costs.ranks)
+        ]
+        seconds = sum(
+            costs.latency_s[c, r] + n * costs.head_row_bytes / costs.bandwidth_Bps[c, r]
+            for r, n in enumerate(rows)
+            if n
+        )
+        return sum(rows) * costs.head_row_bytes, float(seconds)
+
+    def observe(
+        self, batch: int, compute_s: Sequence[float], remaining: int | None = None
+    ) -> tuple[Plan, Replan] | None:
+        """Take one batch's compute seconds per rank (``remaining`` batches to go, if known); a new
+        plan and why, when the job should switch."""
         working = self.profiled_s > 0
         for rank in np.flatnonzero(working):
             self.recent[rank].append(compute_s[rank] / self.profiled_s[rank])
@@ -90,11 +115,15 @@ class Adapter:
         scaled = self._planner(self.costs.scaled(factors))
         fresh = config_plan(self.trunk, scaled.costs, self.config)
         now_s, fresh_s = scaled.predict(self.plan)[0], scaled.predict(fresh)[0]
-        self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) else 0
+        head_bytes, switch_s = self.switch_cost(fresh)
+        pays = remaining is None or (now_s - fresh_s) * remaining > switch_s
+        self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) and pays else 0
         if self.streak < PATIENCE:
             return None
         rank = int(np.abs(np.log(factors / self.planned)).argmax())
-        replan = Replan(batch, rank, float(self.planned[rank]), float(factors[rank]), now_s, fresh_s)
+        replan = Replan(
+            batch, rank, float(self.planned[rank]), float(factors[rank]), now_s, fresh_s, head_bytes, switch_s
+        )
         self.streak = 0
         self._use(fresh, factors)
         return fresh, replan

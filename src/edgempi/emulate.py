@@ -183,6 +183,19 @@ def up(cluster: Cluster) -> bool:
     return netem
 
 
+def set_speed(cluster: Cluster, device: int, speed: float) -> float:
+    """Give running device ``device`` (1-based) the CPU quota of ``speed`` (as in the cluster
+    file: ``speed * core_per_speed`` cores) from now on; returns its cores."""
+    group = (cgroup_root() or CGROUP_V1) / str(device)
+    if not 1 <= device <= len(cluster.devices) or not group.is_dir():
+        raise EmulationError(f"device {device} is not up: run 'python -m edgempi.emulate up' with the cluster first")
+    if speed <= 0:
+        raise EmulationError(f"a device's speed must be positive, not {speed}")
+    cores = speed * cluster.core_per_speed
+    _limit_cpu(group, cores)
+    return cores
+
+
 def _kill_and_wait(pids: list[str], timeout_s: float = 10.0) -> None:
     """SIGKILL ``pids`` and wait until they are gone (a CPU group holds them until they exit)."""
     for pid in pids:
@@ -298,7 +311,9 @@ def fidelity(cluster: Cluster) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgempi.emulate", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["up", "down", "check"])
+    parser.add_argument("action", choices=["up", "down", "check", "set"])
+    parser.add_argument("device", nargs="?", type=int, help="with set: the device (1-based) whose speed changes")
+    parser.add_argument("--speed", type=float, help="with set: the device's new speed (as in the cluster file)")
     parser.add_argument(
         "--cluster", default=DEFAULT_CLUSTER, help="a cluster file or a packaged name (default: %(default)s)"
     )
@@ -320,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "down":
             down()
             print("emulated cluster removed")
+            return 0
+        if args.action == "set":
+            if args.device is None or args.speed is None:
+                raise EmulationError("set needs a device and --speed, e.g. 'set 1 --speed 0.5'")
+            cores = set_speed(load_cluster(args.cluster), args.device, args.speed)
+            period_ms = cpu_period_us(cores) / 1e3
+            print(f"dev{args.device}: speed {args.speed:g} = {cores:.2f} core (CPU period {period_ms:g} ms)")
             return 0
         cluster = load_cluster(args.cluster)
         describe(cluster, up(cluster))

@@ -130,14 +130,15 @@ def _adapts(comm: Communicator, job: Job) -> bool:
     return job.config.adapt and comm.size > 1 and len(layout.groups) == 1 and not layout.overlapped
 
 
-def _adapt(comm: Communicator, job: Job, adapter: Adapter | None, batch: int) -> dict | None:
+def _adapt(comm: Communicator, job: Job, adapter: Adapter | None, batch: int, remaining: int) -> dict | None:
     """After a batch: rank 0 (the one with an ``adapter``) takes every rank's compute seconds
-    and says whether to switch plans; every rank switches together. The switch as a dict on rank 0, else None.
+    and says whether to switch plans (``remaining`` batches to go); every rank switches
+    together. The switch as a dict on rank 0, else None.
 
     Collective over ``comm``: every rank calls it after the same batch."""
     measured = comm.gather(job.runtime.batch_compute_s, root=0)
     start = time.perf_counter()
-    switch = adapter.observe(batch, measured) if comm.rank == 0 else None
+    switch = adapter.observe(batch, measured, remaining) if comm.rank == 0 else None
     plan = comm.bcast(switch[0].to_dict() if switch else None, root=0)
     if plan is None:
         return None
@@ -220,7 +221,7 @@ def run_batches(
                 sends.append(comm.isend_object((current, out.numpy()), 0, Tag.LOGITS))
         while comm.rank == 0 and (message := comm.recv_any_object(Tag.LOGITS, block=False)) is not None:
             collect(*message)
-        if adapting and (replan := _adapt(comm, job, adapter, current)) is not None:
+        if adapting and (replan := _adapt(comm, job, adapter, current, len(batches) - current - 1)) is not None:
             replans.append(replan)
         group.wait_all([ahead if overlap else announce(numbers[turn])])
     busy_s = time.perf_counter() - began

@@ -126,7 +126,8 @@ def print_summary(report: dict, table: str) -> None:
         print(
             f"re-planned after batch {r['batch']}: rank {r['rank']} took {r['factor_before']:.2f} -> "
             f"{r['factor_after']:.2f}x its profiled time; predicted {1e3 * r['predicted_before_s']:.1f} -> "
-            f"{1e3 * r['predicted_after_s']:.1f} ms; the switch took {1e3 * r['switch_s']:.1f} ms"
+            f"{1e3 * r['predicted_after_s']:.1f} ms; the switch sent {r['head_bytes'] / 1e6:.1f} MB of the head's "
+            f"columns and took {1e3 * r['switch_s']:.1f} ms (predicted {1e3 * r['predicted_switch_s']:.1f})"
         )
     print("rank  compute_ms  halo_ms  wait_ms  head_ms   per block: compute measured/predicted ms")
     for r in report["ranks"]:
