@@ -34,7 +34,7 @@ export OMPI_MCA_osc := ^ucx
 # The tests and benchmarks start this launcher too (edgempi.launcher).
 export MPIEXEC
 
-.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster bench-adapt clean \
+.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster bench-adapt soak clean \
 	neu train accuracy
 
 install: $(VENV)/.installed
@@ -90,6 +90,15 @@ cluster-down: install
 
 bench-cluster: install
 	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER)
+
+# 2,000 images at -np 2 with adaptation on: memory must not grow, a steady job must not re-plan.
+SOAK_DATA := data/soak.h5
+
+$(SOAK_DATA): | $(VENV)/.installed
+	$(PY) -m edgempi.data synth $@ --n 2000
+
+soak: install $(SOAK_DATA)
+	$(MPIRUN) -np 2 $(PY) -m mpi4py -m edgempi.soak --config $(CONFIG) --data $(SOAK_DATA) --images 2000
 
 # A device slows down mid-job (its CPU quota halved after 20 of 60 images): static vs adaptive plans.
 bench-adapt: install

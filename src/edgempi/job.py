@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -196,7 +196,9 @@ def run_batches(
     adapting = _adapts(comm, job)
     adapter = None
     if adapting and comm.rank == 0:
-        adapter = Adapter(job.trunk, job.profile.cost_model(), job.config, job.plan, job.config.adapt_margin)
+        channels, _, width = job.trunk.shapes[-1]  # a feature row's head columns: what a switch may send
+        costs = replace(job.profile.cost_model(), head_row_bytes=4.0 * job.profile.head_width * channels * width)
+        adapter = Adapter(job.trunk, costs, job.config, job.plan, job.config.adapt_margin)
 
     def announce(number: np.ndarray):
         """The group's leader takes the next batch number and the group learns it (the request)."""
