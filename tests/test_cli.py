@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, plain_logits, realistic_model
 
+from edgempi.cli import tcp_progress_thread
 from edgempi.data import synth, write_dataset
 from edgempi.launcher import mpiexec, mpirun
 
@@ -250,3 +251,14 @@ def test_missing_hostfile_fails_fast():
         timeout=60,
     )
     assert run.returncode != 0
+
+
+def test_groups_of_ranks_get_open_mpis_tcp_progress_thread_unless_set():
+    environ = {}
+    tcp_progress_thread("latency", environ)
+    assert environ == {}
+    tcp_progress_thread("throughput", environ)
+    assert environ == {"OMPI_MCA_btl_tcp_progress_thread": "1"}
+    environ = {"OMPI_MCA_btl_tcp_progress_thread": "0"}
+    tcp_progress_thread("throughput", environ)
+    assert environ == {"OMPI_MCA_btl_tcp_progress_thread": "0"}

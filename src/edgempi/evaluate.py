@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def parser() -> JobParser:
-    p = job_parser("python -m edgempi.evaluate", __doc__.split("\n\n")[0])
+    p = job_parser("python -m edgempi.evaluate", __doc__.split("\n\n")[0], objective="throughput")
     p.add_argument("--split", default="test", help="train | val | test (default) | all")
     p.add_argument("--output", required=True, help="HDF5 with indices, labels, predictions, logits")
     p.add_argument("--confusion", help="confusion-matrix PNG (default: beside the report or output)")
@@ -147,9 +147,7 @@ def evaluate(comm: Communicator, args: Namespace, config: Config) -> None:
     from .comm import collectively  # MPI: imported once the command line is read
     from .job import prepare, run_batches
 
-    job = prepare(
-        comm, replace(config, objective=config.objective or "throughput", layout=args.layout or config.layout)
-    )
+    job = prepare(comm, replace(config, layout=args.layout or config.layout))
     config = job.config
     split = None if args.split == "all" else args.split
 

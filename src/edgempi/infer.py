@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import h5py
@@ -37,7 +36,7 @@ def infer(comm: Communicator, args: Namespace, config: Config) -> None:
     """The whole job; collective over ``comm``."""
     from .job import prepare, run_batches  # MPI: imported once the command line is read
 
-    job = prepare(comm, replace(config, objective=config.objective or "latency"))
+    job = prepare(comm, config)
     count = min(job.data.count, config.limit or job.data.count)
     results = run_batches(comm, job, np.arange(count))
     if comm.rank != 0:
