@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         everyone = comm.gather((reference, last), root=0)
         if comm.rank != 0:
             return
+        tenth = max(1, args.images // 10)
+        curve = ", ".join(f"{n}: {samples[warmup + n - 1]:.0f}" for n in range(tenth, args.images + 1, tenth))
+        print(f"rank 0's resident MB after image {curve}")
         for rank, (before, after) in enumerate(everyone):
             grew = after / before - 1
             print(
