@@ -1,8 +1,9 @@
 """Re-planning a running job (run under mpirun with --with-mpi): a rank that becomes 5x slower in
-the middle of a job is re-planned around within 5 batches, every logit still plain torch's; a
-steady job re-plans nothing in 100 batches (with the default margin: on a 2-core VM one of two
-ranks ran 25% faster for 40 batches of a steady job). The ranks not in a test sleep, so that the
-ones in it have a core each where the machine has enough."""
+the middle of a job is re-planned around within 5 batches, every logit still plain torch's. The
+ranks not in a test sleep, so that the ones in it have a core each where the machine has enough.
+That a steady job re-plans nothing is tested on measured noise (``tests/test_adapt.py``) and
+measured by ``make soak``: on a shared 2-core VM a rank's speed does move by 25-50% for seconds
+(a 100-batch job re-planned in one 4-rank CI run, after batch 41: its rank 0 measured 1.5x slower)."""
 
 import itertools
 
@@ -21,14 +22,13 @@ MODEL, SLOW_FROM = "vgg11", 12  # the slow rank sleeps 4x its compute in every b
 
 @pytest.fixture(scope="module")
 def images_file():
-    return shared_images(400, seed=3, size=96)
+    return shared_images(30, seed=3, size=96)
 
 
-def adapting_job(comm, images_file, batch_size: int = 1):
+def adapting_job(comm, images_file):
     config = Config(
         model=MODEL,
         data=str(images_file),
-        batch_size=batch_size,
         calibration_repeats=1,
         objective="latency",
         adapt=True,
@@ -80,14 +80,3 @@ def test_a_rank_that_slows_down_is_replanned_within_five_batches_with_exact_logi
         np.testing.assert_allclose(results.logits, plain_logits(images_file, indices), rtol=1e-4, atol=1e-5)
 
     on_ranks(size, work)
-
-
-@pytest.mark.mpi(min_size=2)
-def test_a_steady_job_replans_nothing_in_100_batches(images_file):
-    def work(comm):
-        job = adapting_job(comm, images_file, batch_size=4)
-        results = run_batches(comm, job, np.arange(400))
-        if comm.rank == 0:
-            assert len(results.latencies) == 100 and results.replans == [], results.replans
-
-    on_ranks(2, work)
