@@ -174,15 +174,19 @@ class CostModel:
             )
         return self._links[step]
 
-    def scaled(self, factors: Sequence[float]) -> CostModel:
+    def scaled(self, factors: Sequence[float], links: Sequence[float] | None = None) -> CostModel:
         """The same ranks and links, each rank ``k``'s compute (its stages and its share of the
-        head) ``factors[k]`` times as long."""
+        head) ``factors[k]`` times as long, and with ``links``, every link into rank ``k``
+        ``links[k]`` times as slow (its latency times that, its bandwidth over it)."""
         f = np.asarray(factors, dtype=float)
+        g = np.ones(self.ranks) if links is None else np.asarray(links, dtype=float)
         return replace(
             self,
             stage_fixed_s=self.stage_fixed_s * f[:, None],
             stage_row_s=self.stage_row_s * f[:, None],
             head_row_s=self.head_row_s * f,
+            latency_s=self.latency_s * g[None, :],
+            bandwidth_Bps=self.bandwidth_Bps / g[None, :],
         )
 
     def speeds(self) -> list[float]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .adapt import Adapter
+from .adapt import Adapter, exposed_halo_s
 from .agreement import RankRecord, check_agreement, rank_record
 from .calibration import profile_job
 from .comm import BatchCounter, Communicator, Tag, collectively
@@ -26,6 +26,7 @@ from .data import ImageSet
 from .geometry import is_empty
 from .head import classifier_head, loaded_head_bytes
 from .layout import Layout, job_layout
+from .memory import Trimmer
 from .models import build_model, load_weights
 from .planner import Plan, trunk_geometry
 from .profile import Profile
@@ -132,13 +133,16 @@ def _adapts(comm: Communicator, job: Job) -> bool:
 
 def _adapt(comm: Communicator, job: Job, adapter: Adapter | None, batch: int, remaining: int) -> dict | None:
     """After a batch: rank 0 (the one with an ``adapter``) takes every rank's compute seconds
-    and says whether to switch plans (``remaining`` batches to go); every rank switches
-    together. The switch as a dict on rank 0, else None.
+    and exposed halo seconds and says whether to switch plans (``remaining`` batches to go);
+    every rank switches together. The switch as a dict on rank 0, else None.
 
     Collective over ``comm``: every rank calls it after the same batch."""
-    measured = comm.gather(job.runtime.batch_compute_s, root=0)
+    measured = comm.gather((job.runtime.batch_compute_s, job.runtime.batch_exchanges), root=0)
     start = time.perf_counter()
-    switch = adapter.observe(batch, measured, remaining) if comm.rank == 0 else None
+    switch = None
+    if comm.rank == 0:
+        compute, exchanges = zip(*measured)
+        switch = adapter.observe(batch, compute, remaining, exposed_halo_s(job.runtime.plan, exchanges))
     plan = comm.bcast(switch[0].to_dict() if switch else None, root=0)
     if plan is None:
         return None
@@ -207,6 +211,7 @@ def run_batches(
         return group.start_bcast_array(number)
 
     numbers, turn = (np.zeros(1, np.int64), np.zeros(1, np.int64)), 0
+    trimmer = Trimmer()  # hands back what the allocator keeps of each batch's freed maps
     began = time.perf_counter()
     group.wait_all([announce(numbers[turn])])
     while (current := int(numbers[turn][0])) < len(batches):
@@ -223,8 +228,12 @@ def run_batches(
                 sends.append(comm.isend_object((current, out.numpy()), 0, Tag.LOGITS))
         while comm.rank == 0 and (message := comm.recv_any_object(Tag.LOGITS, block=False)) is not None:
             collect(*message)
+        in_force = runtime.plan
         if adapting and (replan := _adapt(comm, job, adapter, current, len(batches) - current - 1)) is not None:
             replans.append(replan)
+        if runtime.plan is not in_force:  # a switch: other shapes, other memory
+            trimmer.reset()
+        trimmer.after_batch()
         group.wait_all([ahead if overlap else announce(numbers[turn])])
     busy_s = time.perf_counter() - began
     while comm.rank == 0 and len(collected) < len(batches):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,6 +113,14 @@ def named_blocks(trunk: Trunk, fusion: str) -> list[tuple[int, int]]:
             raise PlanError(f"fusion '{fusion}': K must be a number of blocks from 1 to {depth}")
         return fixed_blocks(depth, int(count))
     raise PlanError(f"unknown fusion '{fusion}' (choose from {', '.join(FUSIONS)})")
+
+
+class Prediction(NamedTuple):
+    """A plan's predicted latency and, per rank, its compute and its halo summed over the blocks."""
+
+    latency_s: float
+    compute_s: np.ndarray
+    halo_s: np.ndarray
 
 
 @dataclass
@@ -318,18 +327,20 @@ class Planner:
             for before, block, (first, _, _) in zip([None] + candidates[:-1], candidates, path)
         )
 
-    def predict(self, plan: Plan) -> tuple[float, np.ndarray]:
+    def predict(self, plan: Plan) -> Prediction:
         """``plan``'s blocks and partitions under this planner's cost model: the predicted
-        latency (without its overlap), and each rank's compute summed over the blocks."""
-        latency, compute, before = 0.0, np.zeros(self.costs.ranks), None
+        latency (without its overlap), and each rank's compute and halo summed over the blocks."""
+        latency, compute, halo, before = 0.0, np.zeros(self.costs.ranks), np.zeros(self.costs.ranks), None
         for block in plan.blocks:
             first, end = block.first, block.end
             strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
             candidate = self._candidate(strips, block.rows)
-            latency += self.step(before, candidate, block.first)
+            received = self.halo(before, candidate, first)
+            latency += self._makespan(candidate.compute, received, candidate.send, candidate.tail)
             compute += candidate.compute
+            halo += received
             before = candidate
-        return latency, compute
+        return Prediction(latency, compute, halo)
 
     def plan(self, model_name: str, fusion: str) -> Plan:
         path = self.best_path(None if fusion == "dp" else named_blocks(self.trunk, fusion))

@@ -124,8 +124,8 @@ def print_summary(report: dict, table: str) -> None:
     print("\n".join(layout_lines(report)))
     for r in report["replans"]:
         print(
-            f"re-planned after batch {r['batch']}: rank {r['rank']} took {r['factor_before']:.2f} -> "
-            f"{r['factor_after']:.2f}x its profiled time; predicted {1e3 * r['predicted_before_s']:.1f} -> "
+            f"re-planned after batch {r['batch']}: rank {r['rank']}'s {r['cause']} took {r['factor_before']:.2f} -> "
+            f"{r['factor_after']:.2f}x their profiled time; predicted {1e3 * r['predicted_before_s']:.1f} -> "
             f"{1e3 * r['predicted_after_s']:.1f} ms; the switch sent {r['head_bytes'] / 1e6:.1f} MB of the head's "
             f"columns and took {1e3 * r['switch_s']:.1f} ms (predicted {1e3 * r['predicted_switch_s']:.1f})"
         )

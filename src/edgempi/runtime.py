@@ -56,6 +56,7 @@ class Runtime:
             raise ValueError("the classifier rank needs the head")
         self.whole_head = head if self.rank == plan.classifier_rank else None
         self.slowdown = 0.0  # for tests of adaptation: seconds slept per second computed in each block
+        self.halo_delay_s = 0.0  # and seconds slept after each exchange that receives rows (a slow link in)
         self.plan, self.head, self.exchanges = None, None, []
         self._build(plan)
 
@@ -84,6 +85,8 @@ class Runtime:
         )
         self.timings = Timings.empty(len(blocks))
         self.batch_compute_s = 0.0  # the last batch's blocks and share of the head
+        # the last batch's exchanges: seconds from its start to posting, to waiting, to having the halo
+        self.batch_exchanges: list[tuple[float, float, float]] = []
 
     def switch(self, plan: Plan) -> None:
         """Run ``plan`` from the next batch on: exchanges and windows rebuilt, only the head's
@@ -155,6 +158,18 @@ class Runtime:
         self.timings.compute_s[index] += time.perf_counter() - start
         return out
 
+    def _finish(self, exchange: HaloExchange, began: float, posted: float) -> list[torch.Tensor]:
+        """``exchange.finish()``, noting when this batch (started at ``began``) posted it, waited
+        for it and had its halo rows."""
+        waiting = time.perf_counter()
+        windows = exchange.finish()
+        received = exchange.received_at
+        if self.halo_delay_s and exchange.recvs:
+            time.sleep(self.halo_delay_s)
+            received = time.perf_counter()
+        self.batch_exchanges.append((posted - began, waiting - began, received - began))
+        return windows
+
     @property
     def input_rows(self) -> Rows:
         """Image rows this rank reads for the first block (its strip plus halo)."""
@@ -170,14 +185,15 @@ class Runtime:
         Collective: every rank of ``comm`` calls it with the same ``batch``.
         """
         timings, blocks = self.timings, self.plan.blocks
-        computed_before = sum(timings.compute_s)
+        computed_before, began = sum(timings.compute_s), time.perf_counter()
+        self.batch_exchanges = []
         out = self._block(0, [(x, blocks[0].needs[self.rank][0], blocks[0].rows[self.rank])], batch)
         for index, (before, block) in enumerate(zip(blocks, blocks[1:])):
             exchange, split = self.exchanges[index], self.splits[index]
             waited = time.perf_counter()
             exchange.start(out, (batch, before.out_channels, before.out_width))
             if split is None:
-                windows = exchange.finish()
+                windows = self._finish(exchange, began, waited)
                 timings.halo_s[index] += time.perf_counter() - waited
                 pieces = [(windows[0] if windows else None, block.needs[self.rank][0], block.rows[self.rank])]
                 out = self._block(index + 1, pieces, batch)
@@ -186,7 +202,7 @@ class Runtime:
             started = time.perf_counter()
             inner = run_rows(*self._block_stages(block), out, before.rows[self.rank][0], interior)
             computed = time.perf_counter()
-            windows = exchange.finish()
+            windows = self._finish(exchange, began, waited)
             timings.halo_s[index] += started - waited + time.perf_counter() - computed
             timings.compute_s[index + 1] += computed - started
             (first, _), (last, _) = exchange.windows[0], exchange.windows[-1]

@@ -9,17 +9,11 @@ and exits 1 when a check fails.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from .cli import job_parser, run_job
-
-
-def resident_mb() -> float:
-    """This process's resident memory (Linux ``/proc/self/statm``)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * 4096 / 2**20
+from .memory import resident_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             if grew > args.rss_tolerance:
                 failed.append(f"rank {rank} grew {100 * grew:.1f}%")
         print(f"re-plans: {len(results.replans)}; latency median {1e3 * np.median(results.latencies):.1f} ms")
+        for r in results.replans:
+            print(
+                f"  after batch {r['batch']}: rank {r['rank']}'s {r['cause']} "
+                f"{r['factor_before']:.2f} -> {r['factor_after']:.2f}x the profile's"
+            )
         if results.replans:
             failed.append(f"{len(results.replans)} re-plans on a steady job")
 

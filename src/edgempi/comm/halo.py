@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..geometry import Rows, intersect, is_empty
@@ -49,7 +51,8 @@ class HaloExchange:
         ]
         self._maps: dict[tuple, list[torch.Tensor]] = {}
         self._messages = RowMessages()
-        self._requests: list = []
+        self._requests: list = []  # receives first, then sends
+        self.received_at = 0.0
         self._current: list[torch.Tensor] = []
 
     def _window_of(self, rows: Rows) -> int:
@@ -90,10 +93,14 @@ class HaloExchange:
                 out[:, :, lo - window[0] : hi - window[0]].copy_(strip[:, :, lo - base : hi - base])
 
     def finish(self) -> list[torch.Tensor]:
-        """Wait for ``start``'s messages; returns the windows' maps, in ``windows`` order.
+        """Wait for ``start``'s receives (``received_at``: when they were done, ``perf_counter``
+        seconds), then its sends; returns the windows' maps, in ``windows`` order.
 
         The maps are reused by the next exchange of the same shape: use them before that."""
-        self.comm.wait_all(self._requests)
+        receives = len(self.recvs)
+        self.comm.wait_all(self._requests[:receives])
+        self.received_at = time.perf_counter()
+        self.comm.wait_all(self._requests[receives:])
         self._requests = []
         return self._current
 
