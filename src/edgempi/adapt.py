@@ -7,14 +7,14 @@ ratio for that batch; the median of the last ``WINDOW`` batches' ratios is its c
 the cost model gets wrong for those strips is not taken for a change. A rank's speed factor is
 then the factor its plan was made with times its current ratio over its baseline: 3 means it
 now takes three times as long as profiled. Links likewise: each rank's exposed halo (the seconds
-it waited for halo rows after the ranks sending them had posted them, ``exposed_halo_s``), its
-median over the window beyond its baseline and the baseline window's spread, is how much longer
-its incoming links now take than when the plan was made; its link factor makes the profile's
-halo into it under the plan in force take that much longer. When the compute factors, relative to each other, have
-moved by more than half the margin since the last check, or a rank's link factor by more than
-half the margin of the plan's latency, rank 0 plans afresh from the profile scaled by them and
-predicts the plan in force under the same factors; it switches when the plan
-in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row,
+it still waited for halo rows once it and the ranks sending them were all in the exchange,
+``exposed_halo_s``), its median over the window beyond its baseline and the baseline window's
+spread, is how much longer its incoming links now take than when the plan was made; its link
+factor makes the profile's halo into it under the plan in force take that much longer. When the
+compute factors, relative to each other, have moved by more than half the margin since the last
+check, or a rank's link factor by more than half the margin of the plan's latency, rank 0 plans
+afresh from the profile scaled by them and predicts the plan in force under the same factors; it
+switches when the plan in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row,
 and, where the job knows how many batches remain, when what they gain pays for the switch: the
 classifier sends every rank the head's columns of the feature rows it did not own before (VGG-16
 at 200x200: 50 MB a row of its 6x6 last map), over the links of the cost model. Margin, median
@@ -160,9 +160,7 @@ class Adapter:
         self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) and pays else 0
         if self.streak < PATIENCE:
             return None
-        replan = self._cause(batch, factors, links)
-        replan.predicted_before_s, replan.predicted_after_s = now_s, fresh_s
-        replan.head_bytes, replan.predicted_switch_s = head_bytes, switch_s
+        replan = Replan(batch, *self._cause(factors, links), now_s, fresh_s, head_bytes, switch_s)
         self.streak = 0
         self._use(fresh, factors, links)
         return fresh, replan
@@ -179,13 +177,12 @@ class Adapter:
         grown = np.divide(grown_s, self.profiled_halo_s, where=receives, out=np.zeros(len(halo)))
         return np.maximum(self.planned_links + grown, 1.0)
 
-    def _cause(self, batch: int, factors: np.ndarray, links: np.ndarray) -> Replan:
+    def _cause(self, factors: np.ndarray, links: np.ndarray) -> tuple[int, str, float, float]:
         """The rank and the kind (compute or links) whose factor moved most since the plan in
-        force, in the seconds it moves under the profile."""
+        force, in the seconds it moves under the profile, and that factor before and after."""
         moves = np.abs(
             np.stack([(factors - self.planned) * self.profiled_s, (links - self.planned_links) * self.profiled_halo_s])
         )
         kind, rank = np.unravel_index(int(moves.argmax()), moves.shape)
         before, after = (self.planned, factors) if kind == 0 else (self.planned_links, links)
-        cause = ("compute", "links")[kind]
-        return Replan(int(batch), int(rank), cause, float(before[rank]), float(after[rank]), 0.0, 0.0, 0.0, 0.0)
+        return int(rank), ("compute", "links")[kind], float(before[rank]), float(after[rank])
