@@ -64,6 +64,40 @@ def test_rows_needed_is_the_receptive_field(layer, height, data):
     torch.testing.assert_close(got, layer(x)[:, :, lo:hi], rtol=1e-5, atol=1e-6)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    kernel=st.integers(2, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    height=st.integers(7, 20),
+    data=st.data(),
+)
+def test_a_packed_convolution_computes_any_rows_like_torch(kernel, stride, dilation, height, data):
+    """A convolution large enough to run with oneDNN's packed weight gives torch's rows for any
+    range, border padding and stride; with autograd on it runs unpacked and has gradients."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    torch.manual_seed(0)
+    layer = nn.Conv2d(256, 256, kernel, stride, kernel // 2 * dilation, dilation)
+    stage = LayerStage("x", layer)
+    assert stage.packed is not None
+    assert LayerStage("small", nn.Conv2d(64, 64, 3)).packed is None
+    try:
+        n_out = stage.out_size(height)
+    except ValueError:
+        assume(False)
+    lo = data.draw(st.integers(0, n_out - 1))
+    hi = data.draw(st.integers(lo + 1, n_out))
+    x = torch.randn(2, 256, height, 9).contiguous(memory_format=torch.channels_last)
+    need = stage.rows_needed((lo, hi), height)
+    with torch.inference_mode():
+        got = stage.forward(x[:, :, need[0] : need[1]], need[0], height, (lo, hi))
+        expected = layer(x)[:, :, lo:hi]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    stage.forward(x, 0, height, (0, n_out)).sum().backward()
+    assert layer.weight.grad is not None
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     stack=st.lists(layers(), min_size=1, max_size=5),
