@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 devices = order[:count]
                 bound = sum(speeds[n - 1] for n in devices) / speeds[devices[0] - 1]
                 profile = out / f"profile-{model}-{count}.json"
+                profile.unlink(missing_ok=True)  # measured afresh by this run's first plan, shared by the others
                 for name, (strategy, fusion) in STRATEGIES.items():
                     report = run_once(model, devices, strategy, fusion, args.data, args.images, profile, emulated)
                     latency = statistics.median(report["latencies_s"])
