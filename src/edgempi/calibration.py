@@ -58,7 +58,11 @@ def profile_job(
     samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
 
     def calibrate():
-        return [time_stages(stages, sample, comm.barrier) for sample in samples]
+        times = []
+        for sample in samples:  # the ranks start each pass together, then run its stages back to back
+            comm.barrier()
+            times.append(time_stages(stages, sample))
+        return times
 
     out_features = comm.bcast(head.out_features if head else None, root=config.classifier_rank)
 
