@@ -34,7 +34,7 @@ export OMPI_MCA_osc := ^ucx
 # The tests and benchmarks start this launcher too (edgempi.launcher).
 export MPIEXEC
 
-.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster bench-adapt soak clean \
+.PHONY: install data run check-hostfile lint test test-serial test-mpi bench bench-throughput cluster-up cluster-down bench-cluster bench-cluster-throughput bench-adapt soak clean \
 	neu train accuracy
 
 install: $(VENV)/.installed
@@ -90,6 +90,10 @@ cluster-down: install
 
 bench-cluster: install
 	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER)
+
+# Batch throughput of VGG-16 on the emulated devices: each alone, in the planner's groups, all splitting every image.
+bench-cluster-throughput: install
+	$(PY) -m edgempi.bench_cluster --cluster $(CLUSTER) --throughput --models vgg16
 
 # 2,000 images at -np 2 with adaptation on: memory must not grow, a steady job must not re-plan.
 SOAK_DATA := data/soak.h5
