@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, help="images per run (default: 4; with --throughput 60)")
     parser.add_argument("--single-images", type=int, default=12, help="--throughput: images per device alone")
     parser.add_argument("--rounds", type=int, default=3, help="--throughput: interleaved rounds")
-    parser.add_argument("--data", help="made with synthetic images if missing (default: data/bench.h5)")
+    parser.add_argument(
+        "--data",
+        help="made with synthetic images if missing (default: data/bench.h5, with --throughput bench-throughput.h5)",
+    )
     parser.add_argument("--out", help="default: results/<cluster file's name>")
     args = parser.parse_args(argv)
     images = args.images or (60 if args.throughput else 4)
