@@ -83,6 +83,7 @@ def plan_for(
     fusion: str = "dp",
     classifier_rank: int = 0,
     batch: int = 1,
+    axis: str = "auto",
     **cluster,
 ):
     """A plan for simulated ranks of the given relative speeds (zero speed: a rank that is
@@ -92,7 +93,7 @@ def plan_for(
 
     trunk = Trunk.from_stages(model.stages(), image)
     costs = model_from_speeds(trunk, [max(s, 1e-4) for s in speeds], **cluster)
-    return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch)
+    return make_plan(name, trunk, costs, strategy, fusion, classifier_rank, batch, axis=axis)
 
 
 def runtime_for(comm, model: nn.Module, plan, overlap: bool = True):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from helpers import assert_parity, float_noise
+from helpers import assert_parity, float_noise, realistic_model
 from torch import nn
 
 from edgempi.models import MODEL_NAMES, CompactConv, ModelError, build_model, load_weights
 from edgempi.models.resnet import zero_init_residual_
-from edgempi.stages import ResidualStage, stage_heights
+from edgempi.stages import ChannelShare, ResidualStage, stage_heights
 
 
 def n_params(model):
@@ -69,6 +69,36 @@ def test_trunk_stages_reproduce_the_trunk(name):
         for stage, n_in, n_out in zip(stages, heights, heights[1:]):
             out = stage.forward(out, 0, n_in, (0, n_out))
         assert_parity(out, model.trunk(x), float_noise(model.trunk, x))  # batch norms folded: rounding moves
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_channel_shares_add_up_to_the_stage(name):
+    """Every basic block divided by channels into three shares (one of them empty): their terms
+    added up, then bias, shortcut and ReLU on two row ranges, give the stage's output."""
+    model = realistic_model(name)
+    stages = model.stages()
+    heights = stage_heights(stages, 64)
+    x = torch.randn(2, 1, 64, 48).contiguous(memory_format=torch.channels_last)
+    divided = 0
+    with torch.inference_mode():
+        for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            out = stage.forward(x, 0, n_in, (0, n_out))
+            if channels := stage.share_channels:
+                shares = [ChannelShare(stage, r) for r in [(0, channels // 3), (0, 0), (channels // 3, channels)]]
+                summed = sum(share.partial(x, 0, n_in) for share in shares)
+                halves = [(0, n_out // 2), (n_out // 2, n_out)]
+                got = torch.cat([shares[1].finish(summed[:, :, a:b], x, 0, n_in, (a, b)) for a, b in halves], 2)
+                assert_parity(got, out, 1e-5 * float(out.abs().max()))
+                divided += 1
+            x = out
+    assert divided == len(stages) - 2  # every basic block; not the stem's conv and pool
+
+
+def test_only_two_plain_convolutions_divide_by_channels():
+    for name in ("vgg16", "resnet34_compact", "vgg16_compact"):
+        assert not any(stage.share_channels for stage in build_model(name).stages())
+    with pytest.raises(ValueError, match="cannot be divided by channels"):
+        ChannelShare(build_model("resnet18_compact").stages()[2], (0, 8))
 
 
 def _layer_stages(stages):

@@ -258,6 +258,8 @@ def test_plan_rejects_bad_clusters_and_images():
         make_plan("vgg16", trunk, costs, strategy="magic")
     with pytest.raises(PlanError, match="unknown fusion"):
         make_plan("vgg16", trunk, costs, fusion="magic")
+    with pytest.raises(PlanError, match="unknown axis 'magic'"):
+        make_plan("vgg16", trunk, costs, axis="magic")
     with pytest.raises(PlanError, match="classifier rank"):
         make_plan("vgg16", trunk, costs, classifier_rank=2)
     with pytest.raises(PlanError, match="no rank can hold"):
@@ -315,3 +317,34 @@ def test_ranks_overlap_their_halo_only_where_it_pays(name):
             else:
                 assert (extra, hidden) == (0, 0)
     assert overlapped > 0
+
+
+def test_divided_by_channels_where_it_pays_and_only_where_asked():
+    """The planner divides blocks by channels where the whole input map costs less to gather than rows
+    cost to compute: on 100 Mbit/s links only in ResNet-34's last layer (7 rows), on faster links
+    from ever earlier layers, never in its 50-row first layer. Rows only, or a field strategy: no
+    block divided by channels; axis channels: every basic block, and the prediction holds."""
+    name, model, image = "resnet34", MODELS["resnet34"], (1, 200, 200)
+    names = [stage.name for stage in model.stages()]
+
+    def divided(bandwidth, axis="auto", strategy="optimal"):
+        links = {"bandwidth_Bps": [bandwidth] * 2, "latency_s": [1e-4] * 2}
+        plan = plan_for(name, model, image, [1.0, 1.0], strategy, "dp", axis=axis, **links)
+        assert Plan.from_dict(plan.to_dict()) == plan
+        for block in (b for b in plan.blocks if b.channels):
+            channels = model.stages()[block.first].share_channels
+            assert block.end == block.first + 1 and split_rows(channels, [1, 1]) == block.channels
+            assert block.needs == [(0, block.in_height)] * 2 and not any(block.overlap)
+        return [names[b.first] for b in plan.blocks if b.channels]
+
+    slow, faster, fastest = divided(1.25e7), divided(1.25e8), divided(1e9)
+    assert slow and all(n.startswith("layer4") for n in slow)
+    assert set(slow) < set(faster) < set(fastest) and not any(n.startswith("layer1") for n in fastest)
+    assert divided(1e9, "rows") == divided(1e9, "auto", "equal") == []
+    assert divided(1e9, "channels", "equal") == names[2:]
+    trunk = Trunk.from_stages(model.stages(), image)
+    costs = model_from_speeds(trunk, [1.0, 1.0])
+    plan = make_plan(name, trunk, costs, "equal", "dp", axis="channels")
+    assert Planner(trunk, costs, "equal", 0).predict(plan).latency_s == pytest.approx(plan.predicted_latency_s)
+    with pytest.raises(PlanError, match="axis channels needs fusion dp, pool or none"):
+        make_plan(name, trunk, costs, "equal", "full", axis="channels")

@@ -82,7 +82,7 @@ class Adapter:
     """Rank 0's estimate of every rank's speed during a job, and the decision to re-plan.
 
     ``costs`` is the profile's cost model that ``plan`` was made from with ``config``'s strategy,
-    fusion, classifier rank, batch size and smallest strip."""
+    fusion, axis, classifier rank, batch size and smallest strip."""
 
     def __init__(self, trunk: Trunk, costs: CostModel, config: Config, plan: Plan, margin: float):
         self.trunk, self.costs, self.config, self.margin = trunk, costs, config, margin
@@ -91,7 +91,7 @@ class Adapter:
 
     def _planner(self, costs: CostModel) -> Planner:
         c = self.config
-        return Planner(self.trunk, costs, c.strategy, c.classifier_rank, c.batch_size, c.min_rows)
+        return Planner(self.trunk, costs, c.strategy, c.classifier_rank, c.batch_size, c.min_rows, c.axis)
 
     def _use(self, plan: Plan, factors: np.ndarray, links: np.ndarray) -> None:
         """Run ``plan``, made with the profile scaled by ``factors`` and ``links``, from now on."""

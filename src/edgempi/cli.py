@@ -49,6 +49,7 @@ def job_parser(prog: str, description: str, objective: str = "latency") -> JobPa
     p.add_argument("--threads", type=int, help="torch threads per rank (default 1)")
     p.add_argument("--strategy", help="row partition: equal | proportional | auction | optimal (default)")
     p.add_argument("--fusion", help="fused blocks: dp (default) | pool | none | full | fixed:K")
+    p.add_argument("--axis", help="blocks divided by: auto (default: the planner's choice) | rows | channels")
     p.add_argument("--poll-us", type=int, help="sleep between tests of pending messages (0: MPI's spinning wait)")
     p.add_argument("--overlap", choices=["on", "off"], help="compute interior rows while the halo is in flight (on)")
     p.add_argument("--adapt", choices=["on", "off"], help="re-plan when a rank's measured speed changes (on)")
@@ -73,6 +74,7 @@ def job_config(args: argparse.Namespace) -> Config:
         limit=args.limit,
         strategy=args.strategy,
         fusion=args.fusion,
+        axis=args.axis,
         profile=args.profile,
         threads=args.threads,
         poll_us=args.poll_us,

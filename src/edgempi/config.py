@@ -37,6 +37,7 @@ class Config:
     threads: int = 1
     strategy: str = "optimal"
     fusion: str = "dp"
+    axis: str = "auto"  # blocks divided by rows, or by channels where a stage can: auto | rows | channels
     min_rows: int = 1
     poll_us: int = 0  # 0: MPI's own (spinning) waits; else test and sleep this long between tests
     overlap_halo: bool = True  # compute a block's interior rows while its halo is in flight

@@ -44,6 +44,7 @@ class Trunk:
     macs: list[int]  # per stage, whole map
     boundaries: list[bool]  # per stage: a pool / residual block ends here
     map_sums: list[int]  # per stage: map sums (an Allreduce of partial sums each) inside it
+    share_channels: list[int]  # per stage: channels it can be divided by (``ChannelShare``), 0 if none
     need_lo: list[np.ndarray]
     need_hi: list[np.ndarray]
     _chains: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # by block end: rows read
@@ -65,6 +66,7 @@ class Trunk:
             macs,
             [s.boundary_after for s in stages],
             [s.map_sums for s in stages],
+            [s.share_channels for s in stages],
             need_lo,
             need_hi,
         )
@@ -154,6 +156,14 @@ class CostModel:
         links = ~np.eye(self.ranks, dtype=bool)
         step = self.latency_s[links].max() + nbytes / self.bandwidth_Bps[links].min()
         return 2 * math.ceil(math.log2(self.ranks)) * step
+
+    def reduce_scatter_s(self, nbytes: float) -> float:
+        """One Reduce_scatter of a ``nbytes`` map over all ranks, each getting its part of the sum
+        (a ring: ``ranks - 1`` steps of a part each, on the slowest link)."""
+        if self.ranks == 1:
+            return 0.0
+        links = ~np.eye(self.ranks, dtype=bool)
+        return (self.ranks - 1) * (self.latency_s[links].max() + nbytes / self.ranks / self.bandwidth_Bps[links].min())
 
     def receive_s(self, step: int, nbytes: np.ndarray) -> np.ndarray:
         """``[ranks, len(nbytes)]``: rank ``k``'s seconds to receive each message size of

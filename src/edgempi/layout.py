@@ -148,7 +148,7 @@ def groupings(speeds: Sequence[float]) -> list[list[list[int]]]:
 
 class LayoutPlanner:
     """Plans groups of ranks (each once) and the layouts made of them, with the config's model,
-    strategy, fusion, batch size and smallest strip."""
+    strategy, fusion, axis, batch size and smallest strip."""
 
     def __init__(self, trunk: Trunk, costs: CostModel, config: Config):
         self.trunk, self.costs, self.config = trunk, costs, config
@@ -196,7 +196,7 @@ class LayoutPlanner:
     def _plan(self, group: Sequence[int], costs: CostModel, classifier: int) -> Plan:
         c = self.config
         fusion = "full" if len(group) == 1 else c.fusion
-        plan = make_plan(c.model, self.trunk, costs, c.strategy, fusion, classifier, c.batch_size, c.min_rows)
+        plan = make_plan(c.model, self.trunk, costs, c.strategy, fusion, classifier, c.batch_size, c.min_rows, c.axis)
         if not math.isfinite(plan.predicted_latency_s):
             raise PlanError(f"ranks {describe_groups([group])} cannot hold their strips")
         return plan
@@ -239,10 +239,10 @@ def overlapped(costs: CostModel, classifier: int) -> CostModel:
 
 
 def config_plan(trunk: Trunk, costs: CostModel, config: Config) -> Plan:
-    """Every rank in one plan, with the config's model, strategy, fusion, classifier rank, batch
-    size and smallest strip: today's plan."""
+    """Every rank in one plan, with the config's model, strategy, fusion, axis, classifier rank,
+    batch size and smallest strip: today's plan."""
     c = config
-    return make_plan(c.model, trunk, costs, c.strategy, c.fusion, c.classifier_rank, c.batch_size, c.min_rows)
+    return make_plan(c.model, trunk, costs, c.strategy, c.fusion, c.classifier_rank, c.batch_size, c.min_rows, c.axis)
 
 
 def job_layout(config: Config, trunk: Trunk, costs: CostModel, ranks: int) -> Layout:

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=_image, default=(200, 200), help="HEIGHTxWIDTH (default 200x200)")
     parser.add_argument("--strategy")
     parser.add_argument("--fusion")
+    parser.add_argument("--axis", help="blocks divided by: auto (default) | rows | channels")
     parser.add_argument("--compare", action="store_true", help="every strategy x fusion pair")
     parser.add_argument("--objective", choices=OBJECTIVES, help="latency (default): one plan of all ranks; throughput")
     parser.add_argument("--max-latency-ms", type=float, help="throughput: only layouts whose latency stays under this")
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             strategy=args.strategy,
             fusion=args.fusion,
+            axis=args.axis,
             objective=args.objective,
             max_latency_ms=args.max_latency_ms,
         )

@@ -2,7 +2,9 @@
 
 A plan cuts the trunk's stages into fused blocks. For each block it gives every rank the
 output rows it owns and the input rows it needs to compute them (its strip plus halo), and
-the cost model's prediction of each rank's compute and halo seconds.
+the cost model's prediction of each rank's compute and halo seconds. A block of one residual
+stage may instead be divided by channels: every rank reads the whole input map, computes its
+share of the channels between the stage's two convolutions, and gets its own rows of the sum.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 from .costmodel import CostModel, StripCosts, Trunk, least_compute_s
 from .errors import EdgempiError
 from .geometry import Rows, intersect, is_empty
-from .partition import PARTITIONERS, STRATEGIES, Infeasible, candidates
+from .partition import PARTITIONERS, STRATEGIES, Infeasible, candidates, split_rows
 
 FUSIONS = ("dp", "pool", "none", "full", "fixed:K")
+AXES = ("auto", "rows", "channels")  # by the cost model (with strategy optimal), rows only, channels where a stage can
 
 
 class PlanError(EdgempiError):
@@ -41,6 +44,7 @@ class Block:
     predicted_send_s: list[float] = field(default_factory=list)  # after the last block: strip to the classifier
     predicted_s: float = 0.0  # the block's predicted time (the last block's: to the logits)
     overlap: list[bool] = field(default_factory=list)  # per rank: interior rows computed while its halo arrives
+    channels: list[Rows] = field(default_factory=list)  # divided by channels: each rank's share; empty: by rows
 
     @property
     def ranks(self) -> list[int]:
@@ -69,7 +73,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         blocks = [
-            Block(**{**b, "rows": [tuple(r) for r in b["rows"]], "needs": [tuple(r) for r in b["needs"]]})
+            Block(**{**b, **{key: [tuple(r) for r in b.get(key, [])] for key in ("rows", "needs", "channels")}})
             for b in data["blocks"]
         ]
         return cls(**{**data, "blocks": blocks})
@@ -84,7 +88,7 @@ class Plan:
             "block  stages" + " " * 26 + "".join(f"  rank{r:<3}" for r in ranks) + "  predicted_ms",
         ]
         for index, block in enumerate(self.blocks):
-            names = f"{stage_names[block.first]}..{stage_names[block.end - 1]}"
+            names = f"{stage_names[block.first]}..{stage_names[block.end - 1]}" + " by channels" * bool(block.channels)
             owned = "".join(f"  {hi - lo:>7}" for lo, hi in block.rows)
             lines.append(f"{index:>5}  {names:<32}{owned}  {1e3 * block.predicted_s:>12.1f}")
         return "\n".join(lines)
@@ -132,6 +136,7 @@ class Candidate:
     compute: np.ndarray  # compute (and, in the last block, the rank's share of the head)
     send: np.ndarray  # last block: the partial product's way to the classifier
     tail: float  # last block: the rest of the head
+    channels: list[Rows] = field(default_factory=list)  # divided by channels: each rank's share
     owners: np.ndarray = field(init=False)  # the ranks that own rows, in row order
     owned: np.ndarray = field(init=False)  # their rows, [owner, 2]
     readers: np.ndarray = field(init=False)  # the ranks that read rows
@@ -153,25 +158,81 @@ class Planner:
     """
 
     def __init__(
-        self, trunk: Trunk, costs: CostModel, strategy: str, classifier_rank: int, batch: int = 1, min_rows: int = 1
+        self,
+        trunk: Trunk,
+        costs: CostModel,
+        strategy: str,
+        classifier_rank: int,
+        batch: int = 1,
+        min_rows: int = 1,
+        axis: str = "auto",
     ):
         if strategy not in PARTITIONERS:
             raise PlanError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
-        self.trunk, self.costs, self.strategy = trunk, costs, strategy
+        if axis not in AXES:
+            raise PlanError(f"unknown axis '{axis}' (choose from {', '.join(AXES)})")
+        self.trunk, self.costs, self.strategy, self.axis = trunk, costs, strategy, axis
         self.classifier, self.batch, self.min_rows = classifier_rank, batch, min_rows
         self._blocks: dict[tuple[int, int], Candidate] = {}
 
+    def _divisible(self, stage: int) -> bool:
+        """Whether stage ``stage`` may run as a block divided by channels (never the first: its
+        input is the image, which every rank would then read whole)."""
+        allowed = self.axis == "channels" or (self.axis == "auto" and self.strategy == "optimal")
+        return allowed and stage > 0 and self.costs.ranks > 1 and bool(self.trunk.share_channels[stage])
+
     def block(self, first: int, end: int) -> list[Candidate]:
         """The block's candidate partitions: the strategy's, and for ``optimal`` all that it chose
-        from (its own minimises the block's estimated time; the exact halo may favour another)."""
+        from (its own minimises the block's estimated time; the exact halo may favour another);
+        for a block of one stage that may be divided by channels, that division too (with axis
+        ``channels``, only that: no block with such a stage is divided by rows)."""
         if (first, end) not in self._blocks:
-            strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
-            try:
-                partitions = candidates(strips) if self.strategy == "optimal" else [PARTITIONERS[self.strategy](strips)]
-            except Infeasible as exc:
-                raise PlanError(str(exc)) from None
-            self._blocks[first, end] = [self._candidate(strips, rows) for rows in partitions]
+            found, infeasible = [], None
+            if self.axis != "channels" or not any(self._divisible(s) for s in range(first, end)):
+                strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+                try:
+                    partitions = (
+                        candidates(strips) if self.strategy == "optimal" else [PARTITIONERS[self.strategy](strips)]
+                    )
+                    found = [self._candidate(strips, rows) for rows in partitions]
+                except Infeasible as exc:
+                    infeasible = str(exc)
+            if end == first + 1 and self._divisible(first):
+                found.append(self._by_channels(first))
+            if infeasible and not found:
+                raise PlanError(infeasible)
+            self._blocks[first, end] = found
         return self._blocks[first, end]
+
+    def _by_channels(self, stage: int, given: tuple[list[Rows], list[Rows]] | None = None) -> Candidate:
+        """Stage ``stage`` as a block divided by channels: every rank reads the whole input map and
+        computes its share of the channels over every row (that share of its time for the whole
+        stage: the weights it streams and the rows it computes shrink alike), then the ranks add
+        up their terms, each getting its rows of the sum (a Reduce_scatter, which waits for the
+        slowest rank like a block boundary). The ``(channels, rows)`` of each rank go by its
+        speed on the stage unless ``given``."""
+        trunk, costs, end = self.trunk, self.costs, stage + 1
+        height = trunk.shapes[end][1]
+        whole = costs.stage_fixed_s[:, stage] + costs.stage_row_s[:, stage] * height
+        if given is None:
+            speed = 1.0 / whole
+            thick_enough = np.argsort(-speed, kind="stable")[: max(1, height // self.min_rows)]
+            given = (
+                split_rows(trunk.share_channels[stage], speed.tolist()),
+                split_rows(height, np.where(np.isin(np.arange(costs.ranks), thick_enough), speed, 0.0).tolist()),
+            )
+        channels, rows = given
+        share = np.array([hi - lo for lo, hi in channels]) / trunk.share_channels[stage]
+        owned = np.array([max(hi - lo, 0) for lo, hi in rows])
+        summed = costs.reduce_scatter_s(trunk.row_bytes(end, self.batch) * height) + costs.jitter_s
+        compute = whole * share + summed
+        send, tail = np.zeros(costs.ranks), 0.0
+        if end == trunk.depth:
+            strips = StripCosts(trunk, costs, stage, end, self.classifier, self.batch, self.min_rows)
+            compute = compute + costs.head_row_s * owned
+            send, tail = strips.times(rows).send, strips.tail_s
+        needs = [(0, trunk.shapes[stage][1])] * costs.ranks
+        return Candidate(list(rows), needs, compute, send, tail, list(channels))
 
     def _candidate(self, strips: StripCosts, rows: list[Rows]) -> Candidate:
         lows, highs = self.trunk.chain(strips.first, strips.end)
@@ -217,10 +278,10 @@ class Planner:
         A rank overlaps where its halo is at least a tenth of its compute and the halo it hides
         is more than twice the pieces' extra cost (margins for that estimate: thin pieces cost
         more per row than the profile's two calibration heights say); none in a block with a
-        map sum, which the pieces would meet three times."""
+        map sum, which the pieces would meet three times, or divided by channels."""
         compute, left = block.compute.copy(), halo.copy()
         chosen = np.zeros(len(halo), dtype=bool)
-        if before is None or sum(self.trunk.map_sums[first:end]):
+        if before is None or sum(self.trunk.map_sums[first:end]) or block.channels:
             return chosen, compute, left
         lows, highs = self.trunk.chain(first, end)
         fixed, per_row = self.costs.stage_fixed_s[:, first:end], self.costs.stage_row_s[:, first:end]
@@ -271,7 +332,8 @@ class Planner:
                     ends_at.setdefault(end, []).append((best[first, end, c][0], (first, end, c)))
         finals = [b for b in best if b[1] == depth]
         if not finals:
-            raise PlanError("the blocks do not cover the trunk")
+            hint = " (axis channels needs fusion dp, pool or none)" if self.axis == "channels" else ""
+            raise PlanError(f"the blocks do not cover the trunk{hint}")
         state = min(finals, key=lambda b: best[b][0])
         path = []
         while state is not None:
@@ -311,6 +373,8 @@ class Planner:
             for end in range(1, depth + 1)
             for first in range(end)
         }
+        for stage in filter(self._divisible, range(depth)):  # the row bound need not hold for that division
+            least[stage, stage + 1] = min(least[stage, stage + 1], float(self._by_channels(stage).compute.max()))
         after = [0.0] * (depth + 1)  # a lower bound on the time from each stage to the logits
         for first in range(depth - 1, -1, -1):
             after[first] = min(least[first, end] + after[end] for end in range(first + 1, depth + 1))
@@ -333,8 +397,11 @@ class Planner:
         latency, compute, halo, before = 0.0, np.zeros(self.costs.ranks), np.zeros(self.costs.ranks), None
         for block in plan.blocks:
             first, end = block.first, block.end
-            strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
-            candidate = self._candidate(strips, block.rows)
+            if block.channels:
+                candidate = self._by_channels(first, (block.channels, block.rows))
+            else:
+                strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+                candidate = self._candidate(strips, block.rows)
             received = self.halo(before, candidate, first)
             latency += self._makespan(candidate.compute, received, candidate.send, candidate.tail)
             compute += candidate.compute
@@ -364,6 +431,7 @@ class Planner:
                     candidate.send.tolist(),
                     self._makespan(compute, halo, candidate.send, candidate.tail),
                     overlap.tolist(),
+                    candidate.channels,
                 )
             )
             before = candidate
@@ -403,6 +471,7 @@ def make_plan(
     classifier_rank: int = 0,
     batch: int = 1,
     min_rows: int = 1,
+    axis: str = "auto",
 ) -> Plan:
     """Plan ``trunk`` for the ranks of ``costs``."""
     world = costs.ranks
@@ -411,7 +480,7 @@ def make_plan(
         raise PlanError(f"classifier rank {classifier_rank} is not one of the {world} ranks")
     if fusion != "dp":
         named_blocks(trunk, fusion)  # reject a bad name before any work
-    return Planner(trunk, costs, strategy, classifier_rank, batch, min_rows).plan(model_name, fusion)
+    return Planner(trunk, costs, strategy, classifier_rank, batch, min_rows, axis).plan(model_name, fusion)
 
 
 def _overlap(a: Rows, b: Rows) -> int:
@@ -428,9 +497,10 @@ def _rows_computed_twice(ranges: list[Rows], height: int) -> list[int]:
 
 def partition_overheads(plan: Plan, trunk: Trunk, batch: int) -> list[dict]:
     """What partitioning costs, per block and rank: the halo bytes received and sent before the
-    block (rows read that another rank computed in the block before), and the rows of the
-    block's inner maps computed twice (rows another rank computes too: fused blocks recompute
-    the overlap of their strips instead of exchanging it)."""
+    block (rows read that another rank computed in the block before), the rows of the block's
+    inner maps computed twice (rows another rank computes too: fused blocks recompute the
+    overlap of their strips instead of exchanging it), and in a block divided by channels the
+    bytes of its term that other ranks own (what it adds to their sums)."""
     overheads, before = [], None
     for block in plan.blocks:
         lows, highs = trunk.chain(block.first, block.end)
@@ -445,8 +515,15 @@ def partition_overheads(plan: Plan, trunk: Trunk, batch: int) -> list[dict]:
                 halo = _overlap(need, owned) * row_bytes if owner != reader else 0
                 received[reader] += halo
                 sent[owner] += halo
+        height, out_bytes = block.out_height, trunk.row_bytes(block.end, batch)
+        summed = [(height - max(hi - lo, 0)) * out_bytes if block.channels else 0 for lo, hi in block.rows]
         overheads.append(
-            {"halo_bytes_received": received, "halo_bytes_sent": sent, "rows_computed_twice": twice.tolist()}
+            {
+                "halo_bytes_received": received,
+                "halo_bytes_sent": sent,
+                "rows_computed_twice": twice.tolist(),
+                "channel_sum_bytes_sent": summed,
+            }
         )
         before = block
     return overheads

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the entry points import this module before MPI starts
     from .job import Job, Results
 
 
-OVERHEADS = ("halo_bytes_received", "halo_bytes_sent", "rows_computed_twice")  # per batch, from the plan
+# per batch, from the plan
+OVERHEADS = ("halo_bytes_received", "halo_bytes_sent", "rows_computed_twice", "channel_sum_bytes_sent")
 
 
 def summarize(job: Job, results: Results, labels: np.ndarray | None) -> dict:
@@ -138,10 +139,13 @@ def print_summary(report: dict, table: str) -> None:
             f"{r['rank']:>4}  {1e3 * r['compute_s']:>10.1f}  {1e3 * r['halo_s']:>7.1f}  "
             f"{1e3 * r['wait_s']:>7.1f}  {1e3 * r['head_s']:>7.1f}   {blocks}"
         )
-    print("rank  per block: halo kB received/sent, rows computed twice (what partitioning costs)")
+    print(
+        "rank  per block: halo kB received/sent, rows computed twice (what partitioning costs)"
+        "; +kB of its term sent where divided by channels"
+    )
     for r in report["ranks"]:
         blocks = " ".join(
-            f"{received / 1e3:.0f}/{sent / 1e3:.0f},{twice}"
-            for received, sent, twice in zip(*(r[f"{name}_per_block"] for name in OVERHEADS))
+            f"{received / 1e3:.0f}/{sent / 1e3:.0f},{twice}" + (f"+{summed / 1e3:.0f}" if summed else "")
+            for received, sent, twice, summed in zip(*(r[f"{name}_per_block"] for name in OVERHEADS))
         )
         print(f"{r['rank']:>4}  {blocks}")

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .comm import Communicator, HaloExchange, MapSums, share_head
+from .comm import Communicator, HaloExchange, MapSums, RowSums, share_head
 from .geometry import Rows, intersect, is_empty
 from .head import HeadRows
 from .planner import Block, Plan
-from .stages import Stage, map_sum_owners, map_sum_points, rows_through, run_rows, split_by_halo, stage_heights
+from .stages import (
+    ChannelShare,
+    Stage,
+    map_sum_owners,
+    map_sum_points,
+    rows_through,
+    run_rows,
+    split_by_halo,
+    stage_heights,
+)
 
 
 def nhwc(model: nn.Module) -> nn.Module:
@@ -73,6 +82,10 @@ class Runtime:
             for index, (b, a, split) in enumerate(zip(blocks, blocks[1:], self.splits))
         ]
         self.map_sums = [self._map_sums(block) for block in blocks]
+        # blocks divided by channels: this rank's share of the stage, and the sum of the ranks' terms
+        rank = self.rank
+        self.shares = [ChannelShare(self.stages[b.first], b.channels[rank]) if b.channels else None for b in blocks]
+        self.row_sums = [RowSums(self.comm, b.rows) if b.channels else None for b in blocks]
         last = blocks[-1]
         self.head = share_head(
             self.comm,
@@ -144,11 +157,18 @@ class Runtime:
     ) -> torch.Tensor | None:
         """This rank's strip of block ``index``: each piece ``(x, x_lo, rows)`` computes ``rows``
         from ``x`` (which holds rows ``x_lo...``); an ``interior`` computed before goes between
-        the top piece and the bottom one. Takes part in the block's map sums (collective)."""
-        start, sums = time.perf_counter(), self.map_sums[index]
+        the top piece and the bottom one. In a block divided by channels, the one piece's ``x``
+        holds the whole input map. Takes part in the block's map sums or, divided by channels, in
+        the sum of the ranks' terms (collective)."""
+        start, sums, share = time.perf_counter(), self.map_sums[index], self.shares[index]
         sums.reset()
         stages, heights = self._block_stages(self.plan.blocks[index])
-        parts = [run_rows(stages, heights, x, x_lo, rows, sums) for x, x_lo, rows in pieces if not is_empty(rows)]
+        if share is not None:
+            ((x, x_lo, rows),) = pieces
+            summed = self.row_sums[index](share.partial(x, x_lo, heights[0]))
+            parts = [share.finish(summed, x, x_lo, heights[0], rows)] if not is_empty(rows) else []
+        else:
+            parts = [run_rows(stages, heights, x, x_lo, rows, sums) for x, x_lo, rows in pieces if not is_empty(rows)]
         if interior is not None:
             parts.insert(1 if top_first else 0, interior)
         sums.idle(batch)

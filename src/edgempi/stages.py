@@ -100,6 +100,7 @@ class LayerStage:
     """
 
     map_sums = 0
+    share_channels = 0
 
     def __init__(self, name: str, layer: nn.Module, post: list[nn.Module] = (), boundary_after: bool = False):
         post = list(post)
@@ -174,6 +175,7 @@ class AttentionStage:
     mean of the whole map (one map sum)."""
 
     map_sums = 1
+    share_channels = 0
     boundary_after = False
 
     def __init__(self, name: str, module: nn.Module):
@@ -221,6 +223,17 @@ class ResidualStage:
     def _heights(self, n_in: int) -> list[int]:
         return stage_heights(self.main, n_in)
 
+    @property
+    def share_channels(self) -> int:
+        """How many channels its main path can be divided by (``ChannelShare``): those between two
+        plain convolutions with only ReLUs after the first (batch norms folded); 0 when it cannot."""
+        if len(self.main) != 2 or not all(isinstance(s, LayerStage) for s in self.main):
+            return 0
+        first, second = self.main
+        convs = all(isinstance(s.layer, nn.Conv2d) and s.layer.groups == 1 for s in self.main)
+        relus = all(isinstance(m, nn.ReLU) for m in first.post)
+        return first.layer.out_channels if convs and relus and not second.post else 0
+
     def out_size(self, n_in: int) -> int:
         return self._heights(n_in)[-1]
 
@@ -256,6 +269,69 @@ class ResidualStage:
 
 
 Stage = LayerStage | AttentionStage | ResidualStage
+
+
+def _conv_part(conv: nn.Conv2d, outputs: slice, inputs: slice, bias: bool) -> nn.Conv2d:
+    """The convolution restricted to some of its output and input channels (with its bias, if asked)."""
+    weight = conv.weight.detach()[outputs, inputs].contiguous(memory_format=torch.channels_last)
+    part = nn.Conv2d(
+        weight.shape[1],
+        weight.shape[0],
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=bias and conv.bias is not None,
+        device="meta",
+    )
+    part.weight = nn.Parameter(weight, requires_grad=False)
+    if part.bias is not None:
+        part.bias = nn.Parameter(conv.bias.detach()[outputs].clone(), requires_grad=False)
+    return part.eval()
+
+
+class ChannelShare:
+    """One rank's share of a residual stage divided by the channels between its two convolutions
+    (``ResidualStage.share_channels``): the first convolution's output channels ``lo..hi`` and
+    the second's matching input channels, over the whole map.
+
+    ``partial`` is this share's term of the second convolution's output, every row, without
+    bias; the ranks' terms add up to that output (the ranks hold the whole input map and none
+    holds all the weights). ``finish`` then adds the bias, the shortcut and the pointwise modules
+    after the sum to any rows of it.
+    """
+
+    def __init__(self, stage: ResidualStage, channels: Rows):
+        if not stage.share_channels:
+            raise ValueError(f"{stage.name} cannot be divided by channels")
+        first, second = stage.main
+        part = slice(*channels)
+        self.stage, self.empty = stage, is_empty(channels)
+        self.main = (
+            []
+            if self.empty
+            else [
+                LayerStage(first.name, _conv_part(first.layer, part, slice(None), True), first.post),
+                LayerStage(second.name, _conv_part(second.layer, slice(None), part, False)),
+            ]
+        )
+        bias = second.layer.bias
+        self.bias = None if bias is None else bias.detach()[None, :, None, None]
+
+    def partial(self, x: torch.Tensor, x_lo: int, n_in: int) -> torch.Tensor:
+        """This share's term of the summed map, from ``x`` holding every input row (from ``x_lo``)."""
+        if self.empty:
+            stage = self.stage
+            shape = (x.shape[0], stage.out_channels(x.shape[1]), stage.out_size(n_in), stage.out_width(x.shape[-1]))
+            return torch.zeros(shape).contiguous(memory_format=torch.channels_last)
+        heights = stage_heights(self.main, n_in)
+        return run_rows(self.main, heights, x, x_lo, (0, heights[-1]))
+
+    def finish(self, summed: torch.Tensor, x: torch.Tensor, x_lo: int, n_in: int, rows: Rows) -> torch.Tensor:
+        """Output ``rows`` of the stage from ``summed`` (those rows of the ranks' terms added up)."""
+        if self.bias is not None:
+            summed = summed + self.bias
+        return apply_pointwise(self.stage.post, summed + self.stage.shortcut.forward(x, x_lo, n_in, rows))
 
 
 def stage_heights(stages: list[Stage], height: int) -> list[int]:

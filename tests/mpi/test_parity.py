@@ -123,14 +123,30 @@ def test_halo_overlap_keeps_the_answer(name, size, fusion):
     on_ranks(size, work)
 
 
-def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, **cluster):
+@pytest.mark.parametrize("case", ["equal-batch1", "unequal-batch2", "thin-strips", "idle-rank-full-fusion"])
+@pytest.mark.parametrize("size", SIZES[1:])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_blocks_divided_by_channels_keep_the_answer(name, size, case):
+    """Every basic block divided by channels (each rank a share of the channels between its two
+    convolutions over the whole map, the terms added up into each rank's rows): ranks with no
+    rows of a late map, a rank with next to no channels, batches of two."""
+    speeds, batch, shape, strategy, _, classifier = CASES[case]
+    fusion = "none" if case == "thin-strips" else "dp"
+    check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, axis="channels")
+
+
+def check_parity(name, size, speeds, batch, shape, strategy, fusion, classifier, axis="auto", **cluster):
     height, width = shape
     model = realistic_model(name)
 
     def work(comm):
         plan = plan_for(
-            name, model, (1, height, width), speeds[:size], strategy, fusion, classifier % size, batch, **cluster
+            name, model, (1, height, width), speeds[:size], strategy, fusion, classifier % size, batch, axis, **cluster
         )
+        if axis == "channels":  # every stage that can be divided by channels is, and only those
+            assert [b.first for b in plan.blocks if b.channels] == [
+                s for s, stage in enumerate(model.stages()) if stage.share_channels and s > 0
+            ]
         x = images(batch, height, width, seed=size)
         rows = plan.blocks[0].needs[comm.rank]
         runtime = runtime_for(comm, model, plan)

@@ -5,7 +5,7 @@ from .columns import share_head
 from .communicator import Communicator, Tag, world
 from .groups import BatchCounter
 from .halo import HaloExchange
-from .reduce import MapSums
+from .reduce import MapSums, RowSums
 
 __all__ = [
     "BatchCounter",
@@ -13,6 +13,7 @@ __all__ = [
     "HaloExchange",
     "JobError",
     "MapSums",
+    "RowSums",
     "Tag",
     "collectively",
     "share_head",

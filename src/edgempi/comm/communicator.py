@@ -88,6 +88,11 @@ class Communicator:
         """Add up ``array`` in place over all ranks. Collective: every rank calls it."""
         self.wait_all([self.mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)])
 
+    def reduce_scatter_sum(self, send: np.ndarray, recv: np.ndarray, counts: list[int]) -> None:
+        """Add up every rank's ``send`` and give rank ``k`` its part of the sum, the ``counts[k]``
+        elements after those of the ranks before it, in ``recv``. Collective: every rank calls it."""
+        self.wait_all([self.mpi.Ireduce_scatter(send, recv, counts, op=MPI.SUM)])
+
     def reduce_sum(self, array: np.ndarray, root: int) -> None:
         """Add up every rank's ``array`` into ``root``'s (in place there; unchanged elsewhere).
         Collective: every rank calls it."""
