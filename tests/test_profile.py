@@ -1,8 +1,15 @@
 """Profile arithmetic and files (the measuring itself runs in the CLI and MPI tests)."""
 
-import pytest
+import dataclasses
+import json
 
-from edgempi.profile import Profile, ProfileError, pairing_rounds
+import pytest
+import torch
+from helpers import plan_for, realistic_model
+
+from edgempi.costmodel import Trunk
+from edgempi.planner import make_plan
+from edgempi.profile import Profile, ProfileError, halves, middle_strip, pairing_rounds, time_halves, time_stages
 
 
 @pytest.mark.parametrize("size", range(1, 12))
@@ -44,6 +51,47 @@ def test_profile_round_trip_and_cost_model(tmp_path):
     )
     assert costs.bandwidth_Bps[0, 0] == float("inf") and costs.memory_bytes[1] == float("inf")
     assert costs.speeds()[0] > costs.speeds()[1]
+
+
+def test_a_profile_saved_before_the_halves_still_loads(tmp_path):
+    fields = dataclasses.asdict(sample_profile())
+    del fields["share_s"]
+    (tmp_path / "old.json").write_text(json.dumps(fields))
+    assert Profile.load(tmp_path / "old.json").cost_model().stage_half_s is None
+
+
+def test_calibration_times_strips_and_halves_of_the_real_stages():
+    model = realistic_model("resnet18")
+    stages, x = model.stages(), torch.zeros(1, 1, 64, 48).contiguous(memory_format=torch.channels_last)
+    whole, strips = time_stages(stages, x), time_stages(stages, x, strips=True)
+    halved = time_halves(stages, halves(stages), x)
+    assert len(whole) == len(strips) == len(halved) == len(stages) and min(whole) > 0 and min(strips) > 0
+    assert [t > 0 for t in halved] == [bool(s.share_channels) for s in stages]
+    assert middle_strip(7) == (3, 4) and middle_strip(13) == (5, 8) and middle_strip(100) == (37, 62)
+
+
+def test_measured_halves_decide_where_a_block_is_divided_by_channels():
+    """The same profile but for the halves: a half that takes nearly the whole stage never pays
+    for the gather and the sum; a half at half the whole does on fast links."""
+    model = realistic_model("resnet18")
+    trunk = Trunk.from_stages(model.stages(), (1, 64, 48))
+    fast = plan_for("resnet18", model, (1, 64, 48), [1.0, 1.0], bandwidth_Bps=[1e10] * 2, latency_s=[1e-6] * 2)
+    assert any(b.channels for b in fast.blocks)  # without measured halves: half of the whole
+    costs = Profile(
+        hosts=["a", "b"],
+        stage_rows=[list(trunk.shapes[s + 1][1] for s in range(trunk.depth)), [1] * trunk.depth],
+        stage_s=[[[1e-3] * trunk.depth, [2e-4] * trunk.depth]] * 2,
+        head_row_s=[1e-5] * 2,
+        head_rest_s=1e-5,
+        latency_s=[[0.0, 1e-6], [1e-6, 0.0]],
+        bandwidth_Bps=[[None, 1e10], [1e10, None]],
+        memory_bytes=[None, None],
+        workload="x",
+    )
+    for half, divided in ((0.95e-3, False), (0.5e-3, True)):
+        costs.share_s = [[half if s.share_channels else 0.0 for s in model.stages()]] * 2
+        plan = make_plan("resnet18", trunk, costs.cost_model())
+        assert any(b.channels for b in plan.blocks) == divided
 
 
 def test_bad_profile_files(tmp_path):

@@ -10,19 +10,8 @@ import torch
 from .comm import Communicator, collectively
 from .config import Config
 from .head import HeadRows, time_head
-from .profile import Profile, measure, time_stages
+from .profile import Profile, halves, measure, middle_strip, time_halves, time_stages
 from .stages import Stage, stage_heights
-
-
-def calibration_heights(stages: list[Stage], height: int) -> list[int]:
-    """The whole image and a shorter one (about a quarter) that still survives the trunk."""
-    for short in range(max(1, height // 4), height):
-        try:
-            stage_heights(stages, short)
-            return [height, short]
-        except ValueError:
-            continue
-    return [height, height]
 
 
 def _saved(comm: Communicator, config: Config, stages: list[Stage]) -> Profile | None:
@@ -54,34 +43,39 @@ def profile_job(
     if comm.bcast(saved is not None, root=0):
         return saved
     channels, height, width = image
-    heights = calibration_heights(stages, height)
-    samples = [torch.zeros(1, channels, h, width).contiguous(memory_format=torch.channels_last) for h in heights]
+    sample = torch.zeros(1, channels, height, width).contiguous(memory_format=torch.channels_last)
+    heights = stage_heights(stages, height)
+
+    shares = halves(stages)
 
     def calibrate():
         times = []
-        for sample in samples:  # the ranks start each pass together, then run its stages back to back
+        for strips in (False, True):  # the ranks start each pass together, then run its stages back to back
             comm.barrier()
-            times.append(time_stages(stages, sample))
-        return times
+            times.append(time_stages(stages, sample, strips))
+        comm.barrier()
+        return [*times, time_halves(stages, shares, sample)]
 
     out_features = comm.bcast(head.out_features if head else None, root=config.classifier_rank)
 
     def head_seconds():
         return time_head(out_features, features[0] * features[2], config.batch_size, head)
 
-    middle, short = len(stages) // 2, stage_heights(stages, heights[-1])
+    middle = len(stages) // 2
     with torch.inference_mode():
-        x = samples[-1]
-        for stage, n_in, n_out in zip(stages[:middle], short, short[1:]):
+        x = sample
+        for stage, n_in, n_out in zip(stages[:middle], heights, heights[1:]):
             x = stage.forward(x, 0, n_in, (0, n_out))
+    rows = middle_strip(heights[middle + 1])
+    lo, hi = stages[middle].rows_needed(rows, heights[middle])
 
-    def probe():  # one real stage, a few milliseconds: how much do the ranks' times wander?
+    def probe():  # one real stage's strip, a few milliseconds: how much do the ranks' times wander?
         with torch.inference_mode():
-            stages[middle].forward(x, 0, short[middle], (0, short[middle + 1]))
+            stages[middle].forward(x[:, :, lo:hi], lo, heights[middle], rows)
 
     profile = measure(
         comm,
-        [stage_heights(stages, h)[1:] for h in heights],
+        [heights[1:], [hi - lo for lo, hi in map(middle_strip, heights[1:])]],
         calibrate,
         head_seconds,
         f"{config.model} on {image}",

@@ -125,6 +125,7 @@ class CostModel:
     head_row_bytes: float = 0.0  # the head's columns of one feature row, held by the rank that owns it
     head_partial_bytes: float = 0.0  # one image's partial product of the head's first Linear
     jitter_s: float = 0.0  # a block with several ranks also waits this long for its slowest
+    stage_half_s: np.ndarray | None = None  # [ranks, stages]: half a stage divided by channels; None: half its time
     _links: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # by step: links to neighbours
 
     @property
@@ -147,6 +148,7 @@ class CostModel:
             self.head_row_bytes,
             self.head_partial_bytes,
             self.jitter_s,
+            None if self.stage_half_s is None else self.stage_half_s[pick],
         )
 
     def allreduce_s(self, nbytes: float) -> float:
@@ -194,6 +196,7 @@ class CostModel:
             self,
             stage_fixed_s=self.stage_fixed_s * f[:, None],
             stage_row_s=self.stage_row_s * f[:, None],
+            stage_half_s=None if self.stage_half_s is None else self.stage_half_s * f[:, None],
             head_row_s=self.head_row_s * f,
             latency_s=self.latency_s * g[None, :],
             bandwidth_Bps=self.bandwidth_Bps / g[None, :],

@@ -206,11 +206,12 @@ class Planner:
 
     def _by_channels(self, stage: int, given: tuple[list[Rows], list[Rows]] | None = None) -> Candidate:
         """Stage ``stage`` as a block divided by channels: every rank reads the whole input map and
-        computes its share of the channels over every row (that share of its time for the whole
-        stage: the weights it streams and the rows it computes shrink alike), then the ranks add
-        up their terms, each getting its rows of the sum (a Reduce_scatter, which waits for the
-        slowest rank like a block boundary). The ``(channels, rows)`` of each rank go by its
-        speed on the stage unless ``given``."""
+        computes its share of the channels over every row (a line through the profile's half of
+        the stage and its whole, or without a measured half that share of the whole: the weights
+        it streams and the rows it computes shrink alike), then the ranks add up their terms,
+        each getting its rows of the sum (a Reduce_scatter, which waits for the slowest rank like
+        a block boundary). The ``(channels, rows)`` of each rank go by its speed on the stage
+        unless ``given``."""
         trunk, costs, end = self.trunk, self.costs, stage + 1
         height = trunk.shapes[end][1]
         whole = costs.stage_fixed_s[:, stage] + costs.stage_row_s[:, stage] * height
@@ -225,7 +226,8 @@ class Planner:
         share = np.array([hi - lo for lo, hi in channels]) / trunk.share_channels[stage]
         owned = np.array([max(hi - lo, 0) for lo, hi in rows])
         summed = costs.reduce_scatter_s(trunk.row_bytes(end, self.batch) * height) + costs.jitter_s
-        compute = whole * share + summed
+        half = whole / 2 if costs.stage_half_s is None else np.minimum(costs.stage_half_s[:, stage], whole)
+        compute = np.where(share > 0, np.maximum(2 * half - whole + 2 * (whole - half) * share, 0.0), 0.0) + summed
         send, tail = np.zeros(costs.ranks), 0.0
         if end == trunk.depth:
             strips = StripCosts(trunk, costs, stage, end, self.classifier, self.batch, self.min_rows)
@@ -277,7 +279,7 @@ class Planner:
         recomputes the inner rows the pieces share) and the halo seconds left after the interior.
         A rank overlaps where its halo is at least a tenth of its compute and the halo it hides
         is more than twice the pieces' extra cost (margins for that estimate: thin pieces cost
-        more per row than the profile's two calibration heights say); none in a block with a
+        more per row than the profile's two calibrations say); none in a block with a
         map sum, which the pieces would meet three times, or divided by channels."""
         compute, left = block.compute.copy(), halo.copy()
         chosen = np.zeros(len(halo), dtype=bool)

@@ -7,7 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,8 @@ import torch
 from .costmodel import CostModel, fit_stage_costs
 from .errors import EdgempiError
 from .files import atomic_path
-from .stages import Stage, stage_heights
+from .geometry import Rows
+from .stages import ChannelShare, Stage, stage_heights
 
 if TYPE_CHECKING:  # profile.py imports no MPI: python -m edgempi.plan reads profiles without it
     from .comm import Communicator
@@ -35,7 +36,9 @@ class Profile:
     """What rank 0 measured.
 
     ``stage_s[k][i][s]``: seconds rank ``k`` took for stage ``s`` computing ``stage_rows[i][s]``
-    output rows (calibration ``i`` = 0 on the whole image, 1 on a shorter one). Per rank: the
+    output rows (calibration ``i`` = 0 its whole map, 1 a strip from the middle of it);
+    ``share_s[k][s]``: its seconds for half of the stage divided by channels (0 where it cannot
+    be; empty in a profile saved before the calibration existed). Per rank: the
     head's seconds per feature row; on the classifier: for the rest of the head. Per pair of ranks
     ``[i][j]``: one-way latency and bandwidth (bytes/s, None for i == j). Per rank: memory
     available after loading the model (None where unknown).
@@ -52,6 +55,7 @@ class Profile:
     workload: str
     jitter_s: float = 0.0  # extra wait at a synchronisation for the slowest rank
     head_width: int = 0  # outputs of the head's first Linear: floats each rank sends the classifier
+    share_s: list[list[float]] = field(default_factory=list)
 
     @property
     def world_size(self) -> int:
@@ -80,6 +84,7 @@ class Profile:
             head_bytes=head_bytes,
             head_partial_bytes=4.0 * self.head_width,
             jitter_s=self.jitter_s,
+            stage_half_s=np.array(self.share_s, dtype=float) if self.share_s else None,
         )
 
     def save(self, path: str | Path) -> None:
@@ -121,19 +126,60 @@ def _median_of(runs: list) -> list:
     return np.median(np.array(runs, dtype=float), axis=0).tolist()
 
 
-def time_stages(stages: list[Stage], x: torch.Tensor) -> list[float]:
-    """Seconds each stage takes on the whole of ``x`` (one calibration pass), the stages back to
-    back as in a run. No pause between them: a device on a CPU quota that idled (in a barrier,
-    say) runs its next millisecond or so at full speed, so a pause before every stage made
-    ResNet-34's short stages look up to 2.5x faster than they run in a job on the emulated
-    devices (0.3 core: 90 ms of a block measured against 36 ms predicted)."""
+def middle_strip(rows: int) -> Rows:
+    """About a quarter of a map's ``rows`` (at least one), from its middle."""
+    count = max(1, rows // 4)
+    lo = (rows - count) // 2
+    return lo, lo + count
+
+
+def time_stages(stages: list[Stage], x: torch.Tensor, strips: bool = False) -> list[float]:
+    """Seconds each stage takes for its whole output from the whole of ``x`` (one calibration
+    pass) or, with ``strips``, for its ``middle_strip`` from the input rows that strip reads, as
+    a rank's strip is computed in a run (a residual stage also computes its inner rows beside
+    the strip: a 3-row strip of ResNet-34's 7-row last layer took 0.88 of the whole map, where
+    a 3-row map took 0.6). The stages back to back as in a run (with strips, each stage's whole
+    output computed untimed after its strip, for the next). No pause between them: a device on
+    a CPU quota that idled (in a barrier, say) runs its next millisecond or so at full speed, so
+    a pause before every stage made ResNet-34's short stages look up to 2.5x faster than they
+    run in a job on the emulated devices (0.3 core: 90 ms of a block measured against 36 ms
+    predicted)."""
     heights = stage_heights(stages, x.shape[2])
     seconds = []
     with torch.inference_mode():
         for stage, n_in, n_out in zip(stages, heights, heights[1:]):
+            if strips:
+                rows = middle_strip(n_out)
+                lo, hi = stage.rows_needed(rows, n_in)
+                start = time.perf_counter()
+                stage.forward(x[:, :, lo:hi], lo, n_in, rows)
+                seconds.append(time.perf_counter() - start)
             start = time.perf_counter()
             x = stage.forward(x, 0, n_in, (0, n_out))
-            seconds.append(time.perf_counter() - start)
+            if not strips:
+                seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def halves(stages: list[Stage]) -> list[ChannelShare | None]:
+    """Each stage's first half divided by channels (None for a stage that cannot be)."""
+    return [ChannelShare(s, (0, s.share_channels // 2)) if s.share_channels else None for s in stages]
+
+
+def time_halves(stages: list[Stage], shares: list[ChannelShare | None], x: torch.Tensor) -> list[float]:
+    """Seconds each stage's half divided by channels (``halves``) takes for its term over the
+    whole map and then half the output rows (0 where a stage cannot be divided), back to back as
+    in a run (each stage's whole output computed untimed after it, for the next)."""
+    heights = stage_heights(stages, x.shape[2])
+    seconds = []
+    with torch.inference_mode():
+        for stage, share, n_in, n_out in zip(stages, shares, heights, heights[1:]):
+            start = time.perf_counter()
+            if share is not None:
+                rows = (0, max(1, n_out // 2))
+                share.finish(share.partial(x, 0, n_in)[:, :, : rows[1]], x, 0, n_in, rows)
+            seconds.append(time.perf_counter() - start if share is not None else 0.0)
+            x = stage.forward(x, 0, n_in, (0, n_out))
     return seconds
 
 
@@ -185,7 +231,8 @@ def measure(
     probe: Callable[[], None] | None = None,
     rounds: int = 20,
 ) -> Profile | None:
-    """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``) on every rank
+    """Run ``calibrate`` (per-stage seconds at the calibrations of ``stage_rows``, then of each
+    stage's half divided by channels) on every rank
     and ``head`` (seconds per feature row; on the classifier also for the rest of the head);
     time ``probe`` started together on every rank for ``rounds`` rounds (the jitter a block
     boundary waits for); ping-pong every pair of ranks, disjoint pairs at once.
@@ -194,7 +241,7 @@ def measure(
     """
     comm.barrier()
     calibrate()  # warm-up: allocator, kernel selection
-    stage_s = comm.gather(_median_of([calibrate() for _ in range(repeats)]), root=0)
+    timed = comm.gather(_median_of([calibrate() for _ in range(repeats)]), root=0)
     head()
     heads = comm.gather(_median_of([head() for _ in range(repeats)]), root=0)
     probes = []
@@ -219,7 +266,7 @@ def measure(
     return Profile(
         hosts,
         stage_rows,
-        stage_s,
+        [passes[:2] for passes in timed],
         [row for row, _ in heads],
         max(rest for _, rest in heads),
         latency,
@@ -227,4 +274,5 @@ def measure(
         memory,
         description,
         spread,
+        share_s=[passes[2] for passes in timed],
     )

@@ -13,7 +13,7 @@ def test_measure_times_every_rank_and_every_link(comm):
 
     def calibrate():
         time.sleep(naps[comm.rank])
-        return [[naps[comm.rank], 0.001], [naps[comm.rank] / 2, 0.0005]]
+        return [*calibrate_of(comm.rank, naps), [0.0, naps[comm.rank] / 3]]
 
     def head():  # a row's share on every rank; the rest of the head on the last rank only
         return 0.003 * (1 + comm.rank), 0.001 if comm.rank == comm.size - 1 else 0.0
@@ -24,6 +24,7 @@ def test_measure_times_every_rank_and_every_link(comm):
         n = comm.size
         checks = {
             "every rank's stage seconds": profile.stage_s == [calibrate_of(r, naps) for r in range(n)],
+            "every rank's halves": profile.share_s == [[0.0, naps[r] / 3] for r in range(n)],
             "head row from every rank, rest from its rank": (profile.head_row_s, profile.head_rest_s)
             == ([0.003 * (1 + r) for r in range(n)], 0.001),
             "latency symmetric, positive off the diagonal": all(
