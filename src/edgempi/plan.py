@@ -63,7 +63,7 @@ def describe(plan: Plan, trunk: Trunk, single_s: float, bound: float) -> str:
     lines = [
         f"{plan.model} {plan.height}x{plan.width} on {plan.world_size} devices, strategy={plan.strategy}, "
         f"fusion={plan.fusion}, classifier on rank {plan.classifier_rank}",
-        f"{'block':>5}  {'stages':<30} {'ranks':>5}  {'compute_ms':>10} {'halo_ms':>8} {'wait_ms':>8} "
+        f"{'block':>5}  {'stages':<32} {'ranks':>5}  {'compute_ms':>10} {'halo_ms':>8} {'wait_ms':>8} "
         f"{'block_ms':>8}  rows per rank",
     ]
     for index, b in enumerate(plan.blocks):
@@ -71,7 +71,7 @@ def describe(plan: Plan, trunk: Trunk, single_s: float, bound: float) -> str:
         wait = [max(busy) - t if t else 0.0 for t in busy]
         rows = ",".join(str(hi - lo) for lo, hi in b.rows)
         lines.append(
-            f"{index:>5}  {trunk.names[b.first] + '..' + trunk.names[b.end - 1]:<30} {len(b.ranks):>5}  "
+            f"{index:>5}  {b.label(trunk.names):<32} {len(b.ranks):>5}  "
             f"{1e3 * max(b.predicted_compute_s):>10.2f} {1e3 * max(b.predicted_halo_s):>8.2f} "
             f"{1e3 * max(wait):>8.2f} {1e3 * b.predicted_s:>8.2f}  {rows}"
         )

@@ -46,6 +46,10 @@ class Block:
     overlap: list[bool] = field(default_factory=list)  # per rank: interior rows computed while its halo arrives
     channels: list[Rows] = field(default_factory=list)  # divided by channels: each rank's share; empty: by rows
 
+    def label(self, stage_names: Sequence[str]) -> str:
+        """Its first and last stage's names, and whether it is divided by channels."""
+        return f"{stage_names[self.first]}..{stage_names[self.end - 1]}" + " by channels" * bool(self.channels)
+
     @property
     def ranks(self) -> list[int]:
         """The ranks that compute in this block."""
@@ -88,9 +92,8 @@ class Plan:
             "block  stages" + " " * 26 + "".join(f"  rank{r:<3}" for r in ranks) + "  predicted_ms",
         ]
         for index, block in enumerate(self.blocks):
-            names = f"{stage_names[block.first]}..{stage_names[block.end - 1]}" + " by channels" * bool(block.channels)
             owned = "".join(f"  {hi - lo:>7}" for lo, hi in block.rows)
-            lines.append(f"{index:>5}  {names:<32}{owned}  {1e3 * block.predicted_s:>12.1f}")
+            lines.append(f"{index:>5}  {block.label(stage_names):<32}{owned}  {1e3 * block.predicted_s:>12.1f}")
         return "\n".join(lines)
 
 
@@ -214,7 +217,7 @@ class Planner:
         unless ``given``."""
         trunk, costs, end = self.trunk, self.costs, stage + 1
         height = trunk.shapes[end][1]
-        whole = costs.stage_fixed_s[:, stage] + costs.stage_row_s[:, stage] * height
+        whole = np.maximum(costs.stage_fixed_s[:, stage] + costs.stage_row_s[:, stage] * height, 1e-9)
         if given is None:
             speed = 1.0 / whole
             thick_enough = np.argsort(-speed, kind="stable")[: max(1, height // self.min_rows)]
