@@ -46,7 +46,7 @@ def profile_job(
     sample = torch.zeros(1, channels, height, width).contiguous(memory_format=torch.channels_last)
     heights = stage_heights(stages, height)
 
-    shares = halves(stages)
+    shares = halves(stages) if comm.size > 1 else [None] * len(stages)  # one rank divides nothing
 
     def calibrate():
         times = []
