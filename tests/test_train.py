@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from edgempi.data import ImageSet, synth
 from edgempi.models import build_model
-from edgempi.train import main, train
+from edgempi.train import main, resolve_precision, train
 
 
 def train_loss(model, data: ImageSet) -> float:
@@ -67,6 +67,20 @@ def test_one_epoch_lowers_the_loss_and_saves_everything(tmp_path, optimizer, lr,
     recorded = json.loads((tmp_path / "w.pt.json").read_text())
     assert (recorded["model"], recorded["optimizer"], recorded["precision"]) == ("resnet18", optimizer, precision)
     assert torch.load(tmp_path / "w.pt.ckpt", weights_only=False)["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "device, cpu, expected",
+    [
+        ("cpu", {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, "fp32"),
+        ("cpu", {"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, "bf16"),
+        ("cpu", {"avx512_bf16": False, "amx_bf16": True}, "bf16"),
+        ("cuda", {}, "bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_in_it(device, cpu, expected):
+    assert resolve_precision("auto", torch.device(device), cpu) == expected
+    assert resolve_precision("fp32", torch.device(device), cpu) == "fp32"
 
 
 def test_init_starts_from_the_given_weights(tmp_path):

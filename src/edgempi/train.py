@@ -3,11 +3,11 @@
     python -m edgempi.train --config resnet34_compact --data data/neu-cls.h5 --out data/w.pt
 
 Plain PyTorch training (SGD with Nesterov momentum or AdamW, one-cycle learning rate, gradient
-norm clipping, random flips, shifts and contrast, bf16 mixed precision), on a CUDA device when
-there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and ``--resume`` goes on
-from it; ``OUT`` holds the weights of the epoch with the best validation accuracy, ``OUT.json``
-the history. Under ``mpirun -np N`` the
-ranks train data-parallel (gradients averaged).
+norm clipping, random flips, shifts and contrast, bf16 mixed precision where the hardware has it),
+on a CUDA device when there is one. A checkpoint (``OUT.ckpt``) is written after every epoch and
+``--resume`` goes on from it; ``OUT`` holds the weights of the epoch with the best validation
+accuracy, ``OUT.json`` the history. Under ``mpirun -np N`` the ranks train data-parallel
+(gradients averaged).
 """
 
 from __future__ import annotations
@@ -110,6 +110,18 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
 
 
+def resolve_precision(precision: str, device: torch.device, cpu: dict | None = None) -> str:
+    """`auto` is bf16 where the hardware computes in it (a CUDA device, or a CPU with AVX-512-BF16
+    or AMX-BF16: `cpu` is `torch.cpu.get_capabilities()`) and fp32 elsewhere, where torch emulates
+    bf16 (3.6x slower for ResNet-34 on an AVX-512 Xeon without it)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    cpu = torch.cpu.get_capabilities() if cpu is None else cpu
+    return "bf16" if cpu.get("avx512_bf16") or cpu.get("amx_bf16") else "fp32"
+
+
 def train(args, comm=None) -> dict:
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
     config = load_config(args.config, model=args.model, data=args.data, seed=args.seed)
@@ -117,6 +129,7 @@ def train(args, comm=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(args.precision, device)
     if args.batch_size < size:
         raise TrainError(f"--batch-size {args.batch_size} is smaller than the {size} ranks sharing each batch")
     data = ImageSet(config.data, config.in_channels, config.mean, config.std)
@@ -153,7 +166,8 @@ def train(args, comm=None) -> dict:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     if rank == 0:
         print(
-            f"training {config.model} on {len(train_x)} images ({size} rank(s), {where}); {len(val_x)} for validation",
+            f"training {config.model} on {len(train_x)} images ({size} rank(s), {where}, {precision}); "
+            f"{len(val_x)} for validation",
             file=sys.stderr,
         )
     for epoch in range(epoch0, args.epochs):
@@ -166,7 +180,7 @@ def train(args, comm=None) -> dict:
             x = data.preprocess(augment(train_x[pick].clone(), generator, args.shift, args.contrast)).to(
                 device, memory_format=torch.channels_last
             )
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = F.cross_entropy(model(x), train_y[pick].to(device))
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
@@ -216,7 +230,7 @@ def train(args, comm=None) -> dict:
         "trained_on": where,
         "ranks": size,
         "seed": config.seed,
-        "precision": args.precision,
+        "precision": precision,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "init": args.init,
@@ -269,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--precision",
-        choices=("bf16", "fp32"),
-        default="bf16",
-        help="bf16: mixed precision (autocast; weights and evaluation stay float32)",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="bf16: mixed precision (autocast; weights and evaluation stay float32); auto (default): "
+        "bf16 on a CUDA device or a CPU with native bf16, else fp32",
     )
     parser.add_argument(
         "--seed", type=int, help="seeds initialisation, shuffling and augmentation (default: the config's seed)"
