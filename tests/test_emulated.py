@@ -1,6 +1,7 @@
-"""The emulated edge cluster: up, a 2-device parity run across it, shaping and quotas in force,
-devices at their file's speed under a bursty convolution workload, down with nothing left, also
-right after a job was killed (skipped where root, namespaces or cgroups are missing)."""
+"""The emulated edge cluster: up, a 2-device parity run across it, ranks free to use every core,
+shaping and quotas in force, devices at their file's speed under a bursty convolution workload,
+down with nothing left, also right after a job was killed (skipped where root, namespaces or
+cgroups are missing)."""
 
 import os
 import subprocess
@@ -109,6 +110,18 @@ def test_parity_across_two_emulated_devices(cluster, tmp_path):
     expected, _ = plain_logits(checkpoint, tmp_path / "d.h5")
     with h5py.File(out) as f:
         np.testing.assert_allclose(f["logits"][:], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_device_may_run_on_every_core(cluster):
+    """A rank launched into a device is not pinned (Open MPI would bind every device's rank to
+    core 0, its "node's" first core): the CPU groups' quotas alone limit the devices."""
+    if not is_open_mpi(MPIEXEC):
+        pytest.skip("launching into the devices takes Open MPI's mpirun (plm_ssh_agent)")
+    show = "import os; print(len(os.sched_getaffinity(0)))"
+    command = [MPIEXEC, *emulate.mpirun_options(2), sys.executable, "-c", show]
+    run = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(len(os.sched_getaffinity(0)))] * 2, run.stdout
 
 
 def test_links_are_shaped_to_the_cluster_file(cluster, tmp_path):

@@ -262,13 +262,21 @@ def mpirun_options(devices: int | list[int]) -> list[str]:
     can be the next CPU period. With a 1 MB eager limit (4 heterogeneous devices, the same saved
     profile, interleaved, one variable changed): ResNet-34 247 and 235 ms an image against 280
     and 280, VGG-16 401 and 440 against 400 and 452 (its rank 0 waited 18-29 ms for halo
-    instead of 77-95)."""
+    instead of 77-95).
+
+    Without ``--bind-to none`` Open MPI binds the one rank of every device to the first core of
+    its "node", so all devices shared core 0 (4 x 0.3 core of quota on one core): VGG-16 on the 4
+    homogeneous devices, the same code and cluster, interleaved, 342 and 362 ms an image bound,
+    290 and 304 unbound (each rank's compute 20% lower); ResNet-34, which waits more than it
+    computes, 173 against 177 ms."""
     numbers = range(1, devices + 1) if isinstance(devices, int) else devices
     hosts = ",".join(f"{address(n)}:1" for n in numbers)
     subnet = f"{SUBNET}.0/24"
     return [
         "--host",
         hosts,
+        "--bind-to",
+        "none",
         "--prtemca",
         "plm_ssh_agent",
         str(AGENT),
