@@ -56,7 +56,7 @@ class HeadRows:
         """``[batch, out]``: this rank's rows' share of the first Linear (zeros without rows)."""
         if strip is None or self.columns.shape[1] == 0:
             return torch.zeros(batch, self.out_features)
-        flat = strip.permute(0, 2, 1, 3).reshape(batch, -1)  # NHWC strips: a view, grouped by row
+        flat = strip.permute(0, 2, 1, 3).reshape(batch, -1)  # grouped by row as the columns are (a copy: kB)
         return flat @ self.columns.t()
 
     def finish(self, total: torch.Tensor) -> torch.Tensor:
