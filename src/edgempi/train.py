@@ -130,6 +130,8 @@ def train(args, comm=None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(args.precision, device)
+    if comm is not None:  # data-parallel ranks compute alike: rank 0's hardware decides
+        precision = comm.bcast(precision, root=0)
     if args.batch_size < size:
         raise TrainError(f"--batch-size {args.batch_size} is smaller than the {size} ranks sharing each batch")
     data = ImageSet(config.data, config.in_channels, config.mean, config.std)
