@@ -76,6 +76,21 @@ def test_a_slower_link_into_a_rank_is_replanned_within_five_batches_as_if_known_
     assert len(adapter.plan.blocks) < len(config_plan(trunk, costs, config).blocks)  # fewer exchanges
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_link_that_slows_down_while_a_switch_is_due_is_not_taken_for_its_baseline(trunk, ranks):
+    """The last rank computes 2x slower from batch 8 (reason to switch) and its incoming links
+    take 30x as long from batch 10, before that switch is made: a switch on the compute alone
+    would take the slow links for the new plan's baseline and never see them."""
+    config, costs, adapter = job(trunk, [1.0] * ranks)
+    slow = [1.0] * (ranks - 1) + [2.0]
+    links = [[1.0] * ranks] * 10 + [[1.0] * (ranks - 1) + [30.0]] * 30
+    replans = run(adapter, [[1.0] * ranks] * 8 + [slow] * 32, noise=0.05, links_by_batch=links)
+    assert any(r.cause == "links" and r.rank == ranks - 1 and 10 <= r.batch < 15 for r in replans), replans
+    truth = Planner(trunk, costs.scaled(slow, links[-1]), "optimal", 0)
+    from_start = config_plan(trunk, truth.costs, config)
+    assert truth.predict(adapter.plan).latency_s <= 1.2 * truth.predict(from_start).latency_s
+
+
 def test_exposed_halo_is_the_wait_after_the_receiver_and_its_senders_all_wait():
     block = {"in_height": 12, "out_channels": 1, "out_height": 12, "out_width": 1}
     owned = [(0, 4), (4, 8), (8, 12)]

@@ -14,7 +14,11 @@ factor makes the profile's halo into it under the plan in force take that much l
 compute factors, relative to each other, have moved by more than half the margin since the last
 check, or a rank's link factor by more than half the margin of the plan's latency, rank 0 plans
 afresh from the profile scaled by them and predicts the plan in force under the same factors; it
-switches when the plan in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row,
+switches when the plan in force is slower than the fresh one by more than the margin in ``PATIENCE`` checks in a row
+and no rank's exposed halo is in the middle of a step larger than the margin of that latency
+(its last two batches both beyond every batch before them in the window): a switch then would
+take the slower link for the new plan's baseline and never see it (a rank waiting on a slow
+link also computes 1.4x slower after its idle waits on this VM, which can call for a switch first),
 and, where the job knows how many batches remain, when what they gain pays for the switch: the
 classifier sends every rank the head's columns of the feature rows it did not own before (VGG-16
 at 200x200: 50 MB a row of its 6x6 last map), over the links of the cost model. Margin, median
@@ -71,6 +75,17 @@ def exposed_halo_s(plan: Plan, exchanges: Sequence[Sequence[tuple[float, float, 
                 ready = max(exchanges[p][boundary][1] for p in [rank, *senders])
                 exposed[rank] += max(0.0, exchanges[rank][boundary][2] - ready)
     return exposed
+
+
+def _stepping(windows: Sequence[deque], tolerance: float) -> bool:
+    """Whether some rank's last two batches both lie beyond ``tolerance`` of every batch before
+    them in its window, on one side: a change not yet in the median (one odd batch is noise)."""
+    for window in windows:
+        values = list(window)
+        older, last = values[:-2], values[-2:]
+        if older and (min(last) > max(older) + tolerance or max(last) < min(older) - tolerance):
+            return True
+    return False
 
 
 def _relative(factors: np.ndarray) -> np.ndarray:
@@ -158,7 +173,7 @@ class Adapter:
         head_bytes, switch_s = self.switch_cost(fresh)
         pays = remaining is None or (now_s - fresh_s) * remaining > switch_s
         self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) and pays else 0
-        if self.streak < PATIENCE:
+        if self.streak < PATIENCE or _stepping(self.recent_halo, self.margin * now_s):
             return None
         replan = Replan(batch, *self._cause(factors, links), now_s, fresh_s, head_bytes, switch_s)
         self.streak = 0
