@@ -2,7 +2,10 @@
 hands out every number once, and an evaluation in groups of unequal speed infers every image
 exactly once with plain torch's logits."""
 
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,32 +80,43 @@ def test_groups_of_unequal_speed_infer_every_image_once_as_plain_torch(comm, ima
 
 @pytest.mark.mpi(min_size=2)
 def test_a_group_starts_the_next_batch_while_its_classifier_finishes_the_head(comm, images_file):
-    """The classifier's rest of the head is slowed down; the other ranks still start each next
-    batch before the classifier has the logits of the one before (an order of events)."""
+    """The classifier holds the rest of the head of each batch until the other ranks have
+    started the next one (at most 5 s each: a runtime that waits for the logits would fail,
+    not hang); they must have started it before the classifier has the logits (an order of
+    events, whatever the machine's load)."""
     job = prepare(comm, job_config(comm, images_file, ",".join(map(str, range(comm.size)))))
+    classifier = job.layout.classifiers()[0]
+    others = [rank for rank in range(comm.size) if rank != classifier]
+    signals = Path(comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None))
     events = []
     if job.runtime.is_classifier:
         finish = job.runtime.head.finish
 
-        def slowly(total):
-            time.sleep(0.2)
+        def held(total):
+            batch, deadline = len(events), time.monotonic() + 5.0
+            while batch < 3 and time.monotonic() < deadline:
+                if all((signals / f"{rank}-{batch + 1}").exists() for rank in others):
+                    break
+                time.sleep(0.01)
             logits = finish(total)
             events.append(time.time())  # the logits are there
             return logits
 
-        job.runtime.head.finish = slowly
+        job.runtime.head.finish = held
     else:
         forward = job.runtime.forward
 
         def started(x, batch):
             events.append(time.time())
+            (signals / f"{comm.rank}-{len(events) - 1}").touch()
             return forward(x, batch)
 
         job.runtime.forward = started
     run_batches(comm, job, np.arange(8))  # 4 batches
     everyone = comm.allgather(events)
-    classifier = job.layout.classifiers()[0]
-    for rank, starts in enumerate(everyone):
-        if rank != classifier:
-            assert len(starts) == 4
-            assert all(starts[k + 1] < everyone[classifier][k] for k in range(3)), (rank, starts, everyone[classifier])
+    if comm.rank == 0:
+        shutil.rmtree(signals)
+    for rank in others:
+        starts = everyone[rank]
+        assert len(starts) == 4
+        assert all(starts[k + 1] < everyone[classifier][k] for k in range(3)), (rank, starts, everyone[classifier])
