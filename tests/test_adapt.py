@@ -128,11 +128,15 @@ def test_a_scaled_cost_model_predicts_the_scaled_compute(trunk):
     np.testing.assert_allclose(scaled, compute * [3.0, 0.5])
 
 
-def test_a_switch_is_made_only_when_the_batches_left_pay_for_sending_the_head(trunk):
+def test_a_switch_sends_the_head_only_when_the_batches_left_pay_for_it(trunk):
     slow = [[1.0, 1.0]] * 10 + [[3.0, 1.0]] * 30  # the classifier: rank 1 takes its row of the last map
     heavy = {"head_bytes": 400e6, "bandwidth_Bps": [1.25e7, 1.25e7]}  # 200 MB a row of the 2-row map, 100 Mbit/s
     _, _, adapter = job(trunk, [1.0, 1.0], **heavy)
-    assert run(adapter, slow, known_length=True) == []  # 28 batches of some 0.1 s each cannot pay seconds of head
+    last_rows = adapter.plan.blocks[-1].rows
+    [replan] = run(adapter, slow, known_length=True)  # 28 batches of some 0.5 s each cannot pay 16 s of head:
+    assert replan.head_bytes == 0 and replan.predicted_switch_s == 0  # the plan that keeps the last rows
+    assert adapter.plan.blocks[-1].rows == last_rows
+    assert replan.predicted_after_s * 1.25 < replan.predicted_before_s
     _, _, adapter = job(trunk, [1.0, 1.0], **heavy)
     [replan] = run(adapter, slow)  # a job of unknown length switches
     assert replan.head_bytes > 0 and replan.predicted_switch_s == pytest.approx(replan.head_bytes / 1.25e7, rel=0.01)

@@ -164,6 +164,20 @@ def test_dp_is_never_slower_than_a_fixed_fusion(cluster, name):
         assert best <= planner.total(planner.best_path(named_blocks(trunk, fusion))) * (1 + 1e-12), fusion
 
 
+@SLOW
+@given(cluster=clusters(max_ranks=4), name=st.sampled_from(sorted(TRUNKS)), data=st.data())
+def test_a_plan_keeping_the_last_rows_keeps_them_and_finds_the_plan_they_came_from(cluster, name, data):
+    trunk, classifier = TRUNKS[name], cluster["classifier"]
+    costs = model_from_speeds(trunk, cluster["speeds"], head_bytes=cluster["head_bytes"])
+    planned = Planner(trunk, costs, "optimal", classifier, axis="rows").plan(name, "dp")
+    last_rows = planned.blocks[-1].rows
+    again = Planner(trunk, costs, "optimal", classifier, axis="rows", last_rows=last_rows).plan(name, "dp")
+    assert again.predicted_latency_s <= planned.predicted_latency_s * (1 + 1e-12)
+    factors = data.draw(st.lists(st.floats(0.2, 5.0), min_size=costs.ranks, max_size=costs.ranks))
+    kept = Planner(trunk, costs.scaled(factors), "optimal", classifier, last_rows=last_rows).plan(name, "dp")
+    assert kept.blocks[-1].rows == last_rows
+
+
 @pytest.mark.parametrize("strategy", ["optimal", "equal"])
 def test_dp_agrees_with_brute_force_over_all_boundary_sets(strategy):
     trunk = Trunk.from_stages(MODELS["vgg11"].stages()[:7], (1, 40, 40))  # 64 boundary sets

@@ -21,8 +21,10 @@ take the slower link for the new plan's baseline and never see it (a rank waitin
 link also computes 1.4x slower after its idle waits on this VM, which can call for a switch first),
 and, where the job knows how many batches remain, when what they gain pays for the switch: the
 classifier sends every rank the head's columns of the feature rows it did not own before (VGG-16
-at 200x200: 50 MB a row of its 6x6 last map), over the links of the cost model. Margin, median
-and patience are the hysteresis that keeps noise from making it flap.
+at 200x200: 50 MB a row of its 6x6 last map), over the links of the cost model. There the
+best plan that keeps the last block's rows (and moves no columns) is offered too, and the one
+whose gain over the remaining batches less its switch is larger is taken. Margin, median and
+patience are the hysteresis that keeps noise from making it flap.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import numpy as np
 
 from .config import Config
 from .costmodel import CostModel, Trunk
-from .geometry import intersect, is_empty, split_by
+from .geometry import Rows, intersect, is_empty, split_by
 from .layout import config_plan
-from .planner import Plan, Planner
+from .planner import Plan, PlanError, Planner
 
 WINDOW = 5  # batches whose median ratio is a rank's current one
 PATIENCE = 2  # checks in a row that must favour a fresh plan
@@ -104,9 +106,25 @@ class Adapter:
         self.streak = 0
         self._use(plan, np.ones(costs.ranks), np.ones(costs.ranks))
 
-    def _planner(self, costs: CostModel) -> Planner:
+    def _planner(self, costs: CostModel, last_rows: Sequence[Rows] | None = None) -> Planner:
         c = self.config
-        return Planner(self.trunk, costs, c.strategy, c.classifier_rank, c.batch_size, c.min_rows, c.axis)
+        return Planner(self.trunk, costs, c.strategy, c.classifier_rank, c.batch_size, c.min_rows, c.axis, last_rows)
+
+    def _offer(self, scaled: Planner, now_s: float, remaining: int | None) -> tuple[Plan, float, float, float]:
+        """The plan to switch to under ``scaled`` (the cost model with the factors measured now),
+        its predicted latency, and its switch's head bytes and seconds: the config's plan, or,
+        where the job knows how many batches remain, the best plan that keeps the last block's
+        rows (no head columns move) when what the remaining batches gain pays for more with it."""
+        fresh = config_plan(self.trunk, scaled.costs, self.config)
+        offers = [(fresh, scaled.predict(fresh).latency_s, *self.switch_cost(fresh))]
+        last_rows = self.plan.blocks[-1].rows
+        if remaining is not None and offers[0][2] > 0:
+            try:
+                kept = self._planner(scaled.costs, last_rows).plan(self.config.model, self.config.fusion)
+                offers.append((kept, scaled.predict(kept).latency_s, 0.0, 0.0))
+            except PlanError:  # no block that ends the trunk can be divided by rows
+                pass
+        return max(offers, key=lambda offer: (now_s - offer[1]) * (remaining or 0) - offer[3])
 
     def _use(self, plan: Plan, factors: np.ndarray, links: np.ndarray) -> None:
         """Run ``plan``, made with the profile scaled by ``factors`` and ``links``, from now on."""
@@ -168,9 +186,8 @@ class Adapter:
             return None
         self.checked, self.checked_links = factors, links
         scaled = self._planner(self.costs.scaled(factors, links))
-        fresh = config_plan(self.trunk, scaled.costs, self.config)
-        now_s, fresh_s = scaled.predict(self.plan).latency_s, scaled.predict(fresh).latency_s
-        head_bytes, switch_s = self.switch_cost(fresh)
+        now_s = scaled.predict(self.plan).latency_s
+        fresh, fresh_s, head_bytes, switch_s = self._offer(scaled, now_s, remaining)
         pays = remaining is None or (now_s - fresh_s) * remaining > switch_s
         self.streak = self.streak + 1 if now_s > fresh_s * (1 + self.margin) and pays else 0
         if self.streak < PATIENCE or _stepping(self.recent_halo, self.margin * now_s):

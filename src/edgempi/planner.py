@@ -157,7 +157,9 @@ class Planner:
 
     A block's partition is chosen on its own (its halo estimated from the ranks beside each
     rank); a plan's time then counts the halo exactly: each rank receives the rows it reads
-    that it did not compute in the block before, from whichever ranks did.
+    that it did not compute in the block before, from whichever ranks did. With ``last_rows``,
+    every block that ends the trunk is divided by rows into exactly those (a plan whose ranks
+    keep the head's columns they hold).
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class Planner:
         batch: int = 1,
         min_rows: int = 1,
         axis: str = "auto",
+        last_rows: Sequence[Rows] | None = None,
     ):
         if strategy not in PARTITIONERS:
             raise PlanError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
@@ -176,6 +179,7 @@ class Planner:
             raise PlanError(f"unknown axis '{axis}' (choose from {', '.join(AXES)})")
         self.trunk, self.costs, self.strategy, self.axis = trunk, costs, strategy, axis
         self.classifier, self.batch, self.min_rows = classifier_rank, batch, min_rows
+        self.last_rows = None if last_rows is None else [tuple(rows) for rows in last_rows]
         self._blocks: dict[tuple[int, int], Candidate] = {}
 
     def _divisible(self, stage: int) -> bool:
@@ -188,7 +192,12 @@ class Planner:
         """The block's candidate partitions: the strategy's, and for ``optimal`` all that it chose
         from (its own minimises the block's estimated time; the exact halo may favour another);
         for a block of one stage that may be divided by channels, that division too (with axis
-        ``channels``, only that: no block with such a stage is divided by rows)."""
+        ``channels``, only that: no block with such a stage is divided by rows). With
+        ``last_rows``, a block that ends the trunk has that one partition by rows, or none."""
+        if (first, end) not in self._blocks and self.last_rows is not None and end == self.trunk.depth:
+            by_rows = self.axis != "channels" or not any(self._divisible(s) for s in range(first, end))
+            strips = StripCosts(self.trunk, self.costs, first, end, self.classifier, self.batch, self.min_rows)
+            self._blocks[first, end] = [self._candidate(strips, self.last_rows)] if by_rows else []
         if (first, end) not in self._blocks:
             found, infeasible = [], None
             if self.axis != "channels" or not any(self._divisible(s) for s in range(first, end)):
